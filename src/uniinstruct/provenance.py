@@ -1,0 +1,76 @@
+"""What every result file records: params, code version, library versions, hardware, wall time."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import tempfile
+import time
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+LIBRARIES = ("torch", "numpy", "scipy", "pandas", "matplotlib", "dvc", "papermill", "clean-fid", "uniinstruct")
+
+
+def code_version(root: Path | None = None) -> dict[str, Any]:
+    """The git commit of the working tree and whether it has uncommitted changes."""
+    root = root or Path(__file__).resolve().parents[2]
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
+    try:
+        return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
+    except (OSError, subprocess.CalledProcessError):
+        return {"commit": None, "dirty": None}
+
+
+def library_versions() -> dict[str, str | None]:
+    out = {}
+    for name in LIBRARIES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def hardware() -> dict[str, Any]:
+    import torch
+
+    info = {"platform": platform.platform(), "machine": platform.machine(), "python": platform.python_version(),
+            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "cuda": torch.cuda.is_available()}
+    if info["cuda"]:
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def record(params: Any, started: float) -> dict[str, Any]:
+    """The provenance block of a result file; ``started`` is a ``time.perf_counter()`` reading."""
+    return {
+        "params": params,
+        "code_version": code_version(),
+        "libraries": library_versions(),
+        "hardware": hardware(),
+        "wall_time_s": round(time.perf_counter() - started, 3),
+        "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def write_json(path: str | Path, payload: Any) -> Path:
+    """Write JSON atomically (temporary file in the same folder, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(payload, fh, indent=2, sort_keys=False, default=float)
+            fh.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

@@ -1,0 +1,123 @@
+"""params.yaml validation, the CLI's commands and errors, and the provenance of result files."""
+
+import json
+import subprocess
+import sys
+import time
+from dataclasses import asdict
+
+import pytest
+import yaml
+
+from uniinstruct import cli, divergences, provenance
+from uniinstruct.config import ConfigError, from_dict, load_section
+from uniinstruct.theory.report import TheoryConfig
+
+
+def theory(**overrides):
+    data = asdict(TheoryConfig())
+    for key, value in overrides.items():
+        node = data
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    return data
+
+
+def test_default_theory_config_is_valid_and_round_trips():
+    cfg = from_dict(TheoryConfig, asdict(TheoryConfig()), "theory")
+    assert cfg == TheoryConfig()
+
+
+def test_shipped_params_yaml_is_valid():
+    cfg = load_section(TheoryConfig, "theory", "params.yaml")
+    assert len(cfg.pairs) >= 3 and set(divergences.names()) <= set(cfg.divergences)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"expansion.sigma_min": -1.0}, r"theory\.expansion\.sigma_min: must satisfy 0 ≤ sigma_min < sigma_max"),
+    ({"expansion.n_nodes": 2}, r"theory\.expansion\.n_nodes: must be ≥ 4"),
+    ({"expansion.tolerance": "small"}, r"theory\.expansion\.tolerance: expected a number"),
+    ({"gradient.sigmas": [0.1, -2.0]}, r"theory\.gradient\.sigmas\[1\]: must be > 0"),
+    ({"divergences": ["fkl", "kl"]}, r"theory\.divergences\[1\]: unknown divergence 'kl'; valid names: rkl, fkl"),
+    ({"pairs": ["moons"]}, r"theory\.pairs\[0\]: unknown toy pair 'moons'; valid names: three_modes"),
+    ({"discriminator.steps": 1.5}, r"theory\.discriminator\.steps: expected an integer"),
+    ({"discriminator.sigma_max": 0.01}, r"theory\.discriminator\.sigma_max: must be > sigma_min"),
+])
+def test_bad_values_name_their_key(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        from_dict(TheoryConfig, theory(**overrides), "theory")
+
+
+def test_unknown_and_missing_keys():
+    data = theory()
+    data["expansion"]["sigma_mn"] = 0.1
+    with pytest.raises(ConfigError, match=r"theory\.expansion\.sigma_mn: unknown key; valid keys: sigma_min"):
+        from_dict(TheoryConfig, data, "theory")
+    with pytest.raises(ConfigError, match=r"theory: expected a mapping"):
+        from_dict(TheoryConfig, [1, 2], "theory")
+
+
+def test_missing_section(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("tier: cpu\n")
+    with pytest.raises(ConfigError, match="missing section 'theory'; sections present: tier"):
+        load_section(TheoryConfig, "theory", path)
+
+
+def run_cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "uniinstruct.cli", *args], capture_output=True, text=True, cwd=cwd)
+
+
+def test_help_lists_commands():
+    out = run_cli("--help")
+    assert out.returncode == 0
+    for command in ("info", "divergences", "notebook"):
+        assert command in out.stdout
+
+
+def test_divergences_command_lists_registry():
+    out = run_cli("divergences")
+    assert out.returncode == 0
+    for name in divergences.names():
+        assert name in out.stdout
+
+
+def test_notebook_command_rejects_bad_params_before_running(tmp_path, monkeypatch):
+    params = yaml.safe_load(open("params.yaml"))
+    params["theory"]["expansion"]["sigma_max"] = "eighty"
+    bad = tmp_path / "params.yaml"
+    bad.write_text(yaml.safe_dump(params))
+    out = run_cli("notebook", "theory/theorem_checks", "--params", str(bad), "--out-dir", str(tmp_path / "res"),
+                  "--executed-dir", str(tmp_path / "nb"))
+    assert out.returncode == 2
+    assert "theory.expansion.sigma_max: expected a number, got 'eighty'" in out.stderr
+    assert not (tmp_path / "res").exists() and not (tmp_path / "nb").exists()
+
+
+def test_notebook_command_rejects_unknown_notebook():
+    assert cli.main(["notebook", "theory/nope"]) == 2
+
+
+def test_write_json_is_atomic_and_records_provenance(tmp_path):
+    started = time.perf_counter()
+    target = tmp_path / "sub" / "result.json"
+    provenance.write_json(target, {"value": 1.5, "provenance": provenance.record({"seed": 3}, started)})
+    data = json.loads(target.read_text())
+    assert data["value"] == 1.5
+    prov = data["provenance"]
+    assert prov["params"] == {"seed": 3}
+    assert prov["libraries"]["torch"].startswith("2.13.0")
+    assert set(prov["hardware"]) >= {"platform", "cpu_count", "torch_threads"}
+    assert prov["wall_time_s"] >= 0 and "commit" in prov["code_version"]
+    assert [p.name for p in target.parent.iterdir()] == ["result.json"]      # no temporary left behind
+
+
+def test_write_json_failure_keeps_old_file(tmp_path):
+    target = tmp_path / "result.json"
+    provenance.write_json(target, {"ok": True})
+    with pytest.raises(TypeError):
+        provenance.write_json(target, {"bad": object()})
+    assert json.loads(target.read_text()) == {"ok": True}
+    assert [p.name for p in tmp_path.iterdir()] == ["result.json"]
