@@ -8,8 +8,8 @@ from scipy import integrate
 
 from uniinstruct import divergences
 from uniinstruct.theory import expanded_f_divergence, expansion_check, f_divergence
-from uniinstruct.theory.gradients import (exact_gradients, expanded_objective, gradient_check, grid_for,
-                                          score_projection_check)
+from uniinstruct.quadrature import grid_for
+from uniinstruct.theory.gradients import exact_gradients, expanded_objective, gradient_check, score_projection_check
 from uniinstruct.theory.ratio import (log_ratio_report, optimal_discriminator_loss,
                                       train_ratio_discriminator)
 from uniinstruct.theory.report import projection_field

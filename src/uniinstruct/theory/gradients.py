@@ -205,7 +205,7 @@ VectorField = Callable[[Tensor], Tensor]
 
 def score_projection_check(student: StudentFamily, u: VectorField, sigma: float, **grid_options) -> dict:
     """Lemma B.2: E_p[uᵀ ∇_θ s_θ] (grid, autograd in θ at fixed x) against
-    −∇_θ E_{z,ε}[uᵀ(s_sg(x_σ) − ∇log p(x_σ|x_0))] (Gauss–Hermite, gradient through the path)."""
+    −∇_θ E_{z,ε}[uᵀ(s_sg(x_σ) − ∇log p(x_σ|x_0))] (posterior nodes, gradient through the path)."""
     theta = student.theta().requires_grad_(True)
     p = student.mixture(theta)
     grid = grid_for([p], sigma, **grid_options)

@@ -13,11 +13,10 @@ import torch
 
 from uniinstruct import divergences
 from uniinstruct.config import positive, valid_names
-from uniinstruct.theory.expansion import expansion_check, expansion_integrands
+from uniinstruct.theory.expansion import expansion_check, expansion_integrands, f_divergence
 from uniinstruct.theory.gradients import ESTIMATORS, gradient_check, score_projection_check
 from uniinstruct.theory.ratio import (log_ratio_report, optimal_discriminator_loss,
                                       train_ratio_discriminator)
-from uniinstruct.theory.expansion import f_divergence
 from uniinstruct.toy.problems import pair
 
 
