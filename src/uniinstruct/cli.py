@@ -27,8 +27,10 @@ class NotebookSpec:
 
 def _notebooks() -> dict[str, NotebookSpec]:
     from uniinstruct.theory.report import TheoryConfig
+    from uniinstruct.unification import UnificationConfig
 
-    return {"theory/theorem_checks": NotebookSpec("theory", TheoryConfig, "results/theory")}
+    return {"theory/theorem_checks": NotebookSpec("theory", TheoryConfig, "results/theory"),
+            "tables/unification": NotebookSpec("unification", UnificationConfig, "results/tables")}
 
 
 def cmd_info(args: argparse.Namespace) -> int:

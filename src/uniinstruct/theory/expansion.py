@@ -45,7 +45,7 @@ def expansion_integrands(q: GaussianMixture, p: GaussianMixture, names: Sequence
         return {n: grid.integrate(dens * d.h(r) * gap) for n, d in zip(names, divs)}
 
 
-def _sigma_rule(sigma_min: float, sigma_max: float, n: int) -> tuple[np.ndarray, np.ndarray]:
+def sigma_rule(sigma_min: float, sigma_max: float, n: int) -> tuple[np.ndarray, np.ndarray]:
     """Nodes σ_i and weights c_i with Σ c_i F(σ_i) ≈ ∫ F(σ) dσ: Gauss–Legendre in log σ, plus a
     linear panel on [0, σ_min'] when σ_min = 0."""
     if not 0.0 <= sigma_min < sigma_max:
@@ -71,7 +71,7 @@ def expanded_f_divergences(q: GaussianMixture, p: GaussianMixture, names: Sequen
     the same rule with ``3 * n_nodes // 4`` nodes, and the x-quadrature errors are added."""
     totals = {}
     for n, role in ((n_nodes, "fine"), (3 * n_nodes // 4, "coarse")):
-        sig, wts = _sigma_rule(sigma_min, sigma_max, n)
+        sig, wts = sigma_rule(sigma_min, sigma_max, n)
         acc = {name: [0.0, 0.0] for name in names}
         for s, c in zip(sig, wts):
             for name, est in expansion_integrands(q, p, names, float(s), **grid_options).items():

@@ -34,6 +34,7 @@ from torch import Tensor
 from uniinstruct import divergences
 from uniinstruct.divergences import Divergence
 from uniinstruct.quadrature import Grid, gauss_hermite_normal, grid_for
+from uniinstruct.theory.expansion import sigma_rule
 from uniinstruct.toy.mixture import GaussianMixture
 from uniinstruct.toy.problems import StudentFamily
 
@@ -62,6 +63,32 @@ def exact_gradients(q: GaussianMixture, student: StudentFamily, names: Sequence[
         value = expanded_objective(q, student, theta, divergences.get(name), sigma, grid)
         out[name] = torch.autograd.grad(value, theta)[0]
     return out
+
+
+def f_divergence_gradients(q: GaussianMixture, student: StudentFamily, names: Sequence[str], sigma: float,
+                           **grid_options) -> dict[str, Tensor]:
+    """∇_θ D_f(q_σ ‖ p_θ,σ) at θ₀, by autograd through the x-space quadrature of ∫ p f(q/p)."""
+    theta = student.theta().requires_grad_(True)
+    grid = grid_for([q, student.mixture(theta.detach())], sigma, **grid_options)
+    log_q = q.log_prob(grid.points, sigma)
+    log_p = student.mixture(theta).log_prob(grid.points, sigma)
+    out = {}
+    for name in names:
+        value = grid.integrate_torch(torch.exp(log_p) * divergences.get(name).f(torch.exp(log_q - log_p)))
+        out[name] = torch.autograd.grad(value, theta, retain_graph=True)[0]
+    return out
+
+
+def tail_gradients(q: GaussianMixture, student: StudentFamily, names: Sequence[str], sigma: float,
+                   sigma_max: float, n_nodes: int = 24, **grid_options) -> dict[str, Tensor]:
+    """The Uni-Instruct gradient integrated over [σ, σ_max] with weight s, plus the boundary term:
+    ∇D_f(σ_max) + ∫_σ^σmax s ∇J_f(s) ds, which Theorem 3.1 says equals ∇_θ D_f(q_σ ‖ p_θ,σ)."""
+    nodes, weights = sigma_rule(sigma, sigma_max, n_nodes)
+    total = f_divergence_gradients(q, student, names, sigma_max, **grid_options)
+    for s, c in zip(nodes, weights):
+        for name, g in exact_gradients(q, student, names, float(s), **grid_options).items():
+            total[name] = total[name] + float(c * s) * g
+    return total
 
 
 # ---------------------------------------------------------------------------- surrogate side
@@ -142,40 +169,61 @@ def path_nodes(student: StudentFamily, sigma: float, q: GaussianMixture, engine:
     raise ValueError(f"unknown expectation engine {engine!r}; valid: posterior, hermite")
 
 
-def surrogate_gradients(q: GaussianMixture, student: StudentFamily, names: Sequence[str], sigma: float,
-                        engine: str = "posterior", **node_options) -> dict[str, dict[str, Tensor]]:
-    """∇_θ E_{z,ε}[loss] at θ₀ for every divergence and estimator, with frozen functions.
+FieldsFn = Callable[[Tensor, Tensor], dict[str, Tensor]]
+PathLoss = Callable[[dict[str, Tensor], Tensor, Tensor], Tensor]
 
-    The backward runs in two stages so that the costly part is shared: per-node Jacobians of the
-    path fields (r, Δ, v) with respect to (x_0, x_σ) are taken once; each estimator's loss is then
-    differentiated with respect to the fields (and its explicit x_σ), and both are chained back
-    through x_0 = g_θ(z), x_σ = x_0 + σε."""
+
+def expected_path_gradients(student: StudentFamily, sigma: float, nodes: tuple[Tensor, Tensor, Tensor],
+                            fields_fn: FieldsFn, losses: dict[str, PathLoss]) -> dict[str, Tensor]:
+    """∇_θ Σ_n w_n loss(x_0,n, x_σ,n) at θ₀ for several per-node losses, with x_0 = g_θ(z), x_σ = x_0 + σε.
+
+    Each loss sees the named ``fields_fn(x_0, x_σ)`` tensors (frozen functions of the path: scores,
+    denoisers, ratios) and the path itself. The backward runs in two stages so that the costly part
+    is shared: per-node Jacobians of the fields with respect to (x_0, x_σ) are taken once; each loss is
+    differentiated with respect to the fields and its explicit x_0, x_σ, and both are chained to θ."""
+    z, eps, weights = nodes
     theta = student.theta().requires_grad_(True)
-    p_frozen = student.mixture(theta.detach())
-    z, eps, weights = path_nodes(student, sigma, q, engine, **node_options)
     x0_path = student.generate(theta, z)
     xt_path = x0_path + sigma * eps
-
     x0, xt = x0_path.detach().requires_grad_(True), xt_path.detach().requires_grad_(True)
-    r, delta, v = path_fields(q, p_frozen, x0, xt, sigma)
-    fields = torch.cat([r[:, None], delta, v], dim=-1)                        # [M, 1 + 2d]
-    jac = [torch.autograd.grad(fields[:, j].sum(), (x0, xt), retain_graph=True) for j in range(fields.shape[1])]
-
-    d = student.base.dim
-    out: dict[str, dict[str, Tensor]] = {}
-    for name in names:
-        f = fields.detach().requires_grad_(True)
-        x = xt.detach().requires_grad_(True)
-        losses = surrogate_losses(divergences.get(name), f[:, 0], f[:, 1:1 + d], f[:, 1 + d:], x)
-        out[name] = {}
-        for est, loss in losses.items():
-            g_f, g_x = torch.autograd.grad((weights * loss).sum(), (f, x), retain_graph=True, allow_unused=True,
-                                           materialize_grads=True)   # x enters only DI and cross terms
-            g0 = sum(g_f[:, j:j + 1] * jac[j][0] for j in range(len(jac)))
-            gt = g_x + sum(g_f[:, j:j + 1] * jac[j][1] for j in range(len(jac)))
-            chained = (x0_path * g0).sum() + (xt_path * gt).sum()
-            out[name][est] = torch.autograd.grad(chained, theta, retain_graph=True)[0]
+    fields = fields_fn(x0, xt)
+    names = list(fields)
+    widths = [fields[k].reshape(len(z), -1).shape[1] for k in names]
+    flat = torch.cat([fields[k].reshape(len(z), -1) for k in names], dim=-1)
+    jac = [torch.autograd.grad(flat[:, j].sum(), (x0, xt), retain_graph=True, allow_unused=True,
+                               materialize_grads=True) for j in range(flat.shape[1])]
+    out = {}
+    for key, loss_fn in losses.items():
+        leaf = flat.detach().requires_grad_(True)
+        views = dict(zip(names, (v.reshape(fields[k].shape) for k, v in zip(names, leaf.split(widths, dim=-1)))))
+        x0_leaf, xt_leaf = x0.detach().requires_grad_(True), xt.detach().requires_grad_(True)
+        loss = loss_fn(views, x0_leaf, xt_leaf)
+        g_f, g0, gt = torch.autograd.grad((weights * loss).sum(), (leaf, x0_leaf, xt_leaf), allow_unused=True,
+                                          materialize_grads=True)
+        for j, (j0, jt) in enumerate(jac):
+            g0 = g0 + g_f[:, j:j + 1] * j0
+            gt = gt + g_f[:, j:j + 1] * jt
+        chained = (x0_path * g0).sum() + (xt_path * gt).sum()
+        out[key] = torch.autograd.grad(chained, theta, retain_graph=True)[0]
     return out
+
+
+def surrogate_gradients(q: GaussianMixture, student: StudentFamily, names: Sequence[str], sigma: float,
+                        engine: str = "posterior", **node_options) -> dict[str, dict[str, Tensor]]:
+    """∇_θ E_{z,ε}[loss] at θ₀ for every divergence and estimator, with frozen functions."""
+    p_frozen = student.mixture().detach()
+    nodes = path_nodes(student, sigma, q, engine, **node_options)
+
+    def fields_fn(x0, xt):
+        r, delta, v = path_fields(q, p_frozen, x0, xt, sigma)
+        return {"r": r, "delta": delta, "v": v}
+
+    def loss_fn(div, est):
+        return lambda f, x0, xt: surrogate_losses(div, f["r"], f["delta"], f["v"], xt)[est]
+
+    losses = {(name, est): loss_fn(divergences.get(name), est) for name in names for est in ESTIMATORS}
+    grads = expected_path_gradients(student, sigma, nodes, fields_fn, losses)
+    return {name: {est: grads[(name, est)] for est in ESTIMATORS} for name in names}
 
 
 def compare(estimate: Tensor, reference: Tensor) -> dict[str, float]:

@@ -110,6 +110,16 @@ def _build() -> dict[str, Pair]:
 PAIRS: dict[str, Pair] = _build()
 
 
+def point_mass_student(at, spread: float = 1e-4) -> StudentFamily:
+    """A (numerically) point-mass generator x_0 = A z + b ≈ b, with z ~ N(0, spread² I): the setting of
+    SDS, VSD, DDS and RED-diff, which optimise one sample (a NeRF render, an edited image, an estimate)."""
+    at = torch.as_tensor(at, dtype=torch.float64)
+    d = at.numel()
+    base = GaussianMixture([1.0], torch.zeros(1, d, dtype=torch.float64),
+                           spread**2 * torch.eye(d, dtype=torch.float64)[None])
+    return StudentFamily(base, torch.eye(d, dtype=torch.float64), at)
+
+
 def pair(name: str) -> Pair:
     """The toy pair called ``name``; an unknown name raises ``ValueError`` listing the valid ones."""
     if name not in PAIRS:

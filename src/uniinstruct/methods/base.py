@@ -1,0 +1,92 @@
+"""What a distillation method is here: its published generator loss on one batch, and its paper tags.
+
+A method's *core* loss is written as its own paper states the generator update, on the tensors a
+trainer has (:class:`PathBatch`). Additive terms (reward, regression, data fidelity, GAN) are
+*extras*: computed by the caller with the helpers below and passed by name. Losses are per sample;
+their gradient with respect to the generator's parameters is the method's update direction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Mapping
+
+from torch import Tensor
+
+from uniinstruct import losses
+
+EXTRAS = ("reward", "regression", "data_fidelity", "gan")
+
+
+@dataclass(frozen=True)
+class PathBatch:
+    """One batch along the generator's path: x_g = g_θ(z), x_σ = x_g + σε, and network outputs at x_σ."""
+
+    x_g: Tensor                              # [B, ...] generator output, with graph to θ
+    x_t: Tensor                              # [B, ...] x_g + σ ε, with graph to θ
+    eps: Tensor                              # [B, ...] the injected noise ε
+    sigma: Tensor                            # [B] noise levels
+    y_real: Tensor                           # teacher denoiser D_φ(x_σ) (frozen weights, graph through x_σ)
+    y_fake: Tensor                           # fake-score denoiser D_ψ(x_σ) (frozen weights, graph through x_σ)
+    log_ratio: Tensor | None = None          # [B] estimate of log q_σ/p_σ at x_σ (f-distill)
+    y_reference: Tensor | None = None        # DDS: reference-branch denoiser at x̂_σ = x̂ + σε
+    x_reference_t: Tensor | None = None      # DDS: the noised reference x̂_σ
+    y_real_uncond: Tensor | None = None      # SiD-LSG: unconditional teacher output, for guidance
+    weight: Tensor | float = 1.0             # time weighting w(σ), per sample or scalar
+
+
+@dataclass(frozen=True)
+class Method:
+    """A prior method of the unification table, in its published form."""
+
+    name: str                                # registry name
+    title: str                               # as the paper's table writes it
+    citation: str                            # paper and arXiv id
+    task: str                                # paper's "Task" column
+    paper_loss: str                          # paper's "Loss" column
+    paper_divergence: str                    # paper's "Div. in UI" column: the divergence it claims recovers it
+    paper_gradient: str                      # paper's "Gradient" column
+    core: Callable[..., Tensor]              # core(batch, **options) -> per-sample loss
+    extras: tuple[str, ...] = ()             # additive terms the paper's loss has
+    options: Mapping[str, Any] = field(default_factory=dict)  # keyword options of ``core`` (α, normalisation, …)
+    note: str = ""                           # how the published form maps to scores, in one sentence
+
+    def with_options(self, **options: Any) -> "Method":
+        """The same method with some core options changed (unknown options raise ValueError)."""
+        unknown = sorted(set(options) - set(self.options))
+        if unknown:
+            raise ValueError(f"method {self.name!r} has no option {unknown[0]!r}; options: "
+                             f"{', '.join(self.options) or 'none'}")
+        return replace(self, options={**self.options, **options})
+
+    def generator_loss(self, batch: PathBatch, extras: Mapping[str, Tensor] | None = None) -> Tensor:
+        """Per-sample loss: core + the given extras (each a per-sample tensor from the helpers below)."""
+        loss = batch.weight * self.core(batch, **self.options)
+        for name, value in (extras or {}).items():
+            if name not in self.extras:
+                raise ValueError(f"method {self.name!r} takes the extras {list(self.extras)}, not {name!r}")
+            loss = loss + value
+        return loss
+
+
+# ---------------------------------------------------------------------------- extras
+def reward_extra(x_g: Tensor, reward_fn: Callable[[Tensor], Tensor], scale: float = 1.0) -> Tensor:
+    """−scale · R(x_g): maximise a (differentiable) reward, as DI++ and DI* do."""
+    return -scale * reward_fn(x_g)
+
+
+def regression_extra(x_g: Tensor, target: Tensor, scale: float = 1.0) -> Tensor:
+    """scale · ‖x_g − target‖² per sample: DMD's regression onto teacher ODE outputs for paired noise."""
+    return scale * (x_g - target).reshape(x_g.shape[0], -1).pow(2).sum(1)
+
+
+def data_fidelity_extra(x_g: Tensor, operator: Callable[[Tensor], Tensor], measurement: Tensor,
+                        noise_std: float) -> Tensor:
+    """‖y − A(x_g)‖² / (2 σ_y²): RED-diff's measurement term."""
+    resid = (measurement - operator(x_g)).reshape(x_g.shape[0], -1)
+    return resid.pow(2).sum(1) / (2.0 * noise_std**2)
+
+
+def gan_extra(logit_fake: Tensor, scale: float = 1.0) -> Tensor:
+    """scale · BCE(ℓ(x_g), 1): the generator's GAN term (DMD2, SiDA, f-distill, Uni-Instruct)."""
+    return scale * losses.generator_gan_loss(logit_fake)

@@ -1,0 +1,59 @@
+"""Writing result tables as CSV, Markdown and LaTeX (booktabs) from a pandas DataFrame."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pandas as pd
+
+_LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+_LATEX_SYMBOLS = {"χ²": r"$\chi^2$", "∇": r"$\nabla$", "λ": r"$\lambda$", "σ": r"$\sigma$", "θ": r"$\theta$",
+                  "α": r"$\alpha$", "≤": r"$\le$", "≥": r"$\ge$", "·": r"$\cdot$", "−": "-", "–": "--",
+                  "×": r"$\times$", "ε": r"$\epsilon$", "Δ": r"$\Delta$", "∫": r"$\int$"}
+_SYMBOL_RE = re.compile("|".join(map(re.escape, sorted(_LATEX_SYMBOLS, key=len, reverse=True))))
+
+
+def latex_escape(text: str) -> str:
+    """Escape LaTeX's special characters and write the Greek/maths symbols our tables use."""
+    escaped = "".join(_LATEX_SPECIAL.get(ch, ch) for ch in str(text))
+    return _SYMBOL_RE.sub(lambda m: _LATEX_SYMBOLS[m.group(0)], escaped)
+
+
+def _cell(value, float_format: str) -> str:
+    if isinstance(value, float):
+        return format(value, float_format)
+    return "" if value is None else str(value)
+
+
+def to_markdown(df: pd.DataFrame, float_format: str = ".3g") -> str:
+    """A GitHub-flavoured Markdown table (pipes in cells are escaped)."""
+    header = "| " + " | ".join(map(str, df.columns)) + " |"
+    rule = "|" + "|".join("---" for _ in df.columns) + "|"
+    body = ["| " + " | ".join(_cell(v, float_format).replace("|", "\\|") for v in row) + " |"
+            for row in df.itertuples(index=False)]
+    return "\n".join([header, rule, *body]) + "\n"
+
+
+def to_latex(df: pd.DataFrame, caption: str, label: str, float_format: str = ".3g") -> str:
+    """A booktabs table environment; the caption is escaped like the cells."""
+    cols = "l" * len(df.columns)
+    lines = [r"\begin{table}[t]", r"\centering", r"\small", rf"\caption{{{latex_escape(caption)}}}",
+             rf"\label{{{label}}}", rf"\begin{{tabular}}{{{cols}}}", r"\toprule",
+             " & ".join(latex_escape(c) for c in df.columns) + r" \\", r"\midrule"]
+    lines += [" & ".join(latex_escape(_cell(v, float_format)) for v in row) + r" \\"
+              for row in df.itertuples(index=False)]
+    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
+    return "\n".join(lines) + "\n"
+
+
+def write_table(df: pd.DataFrame, stem: str | Path, caption: str, label: str) -> list[Path]:
+    """Write ``stem``.csv, .md and .tex; returns the paths."""
+    stem = Path(stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    paths = [stem.with_suffix(".csv"), stem.with_suffix(".md"), stem.with_suffix(".tex")]
+    df.to_csv(paths[0], index=False)
+    paths[1].write_text(to_markdown(df), encoding="utf-8")
+    paths[2].write_text(to_latex(df, caption, label), encoding="utf-8")
+    return paths
