@@ -49,3 +49,24 @@ def test_dvc_pipeline_is_valid_and_calls_the_cli():
     assert all(stage["cmd"].startswith("uniinstruct ") for stage in stages.values())
     config = (ROOT / ".dvc" / "config").read_text()
     assert "analytics = false" in config and "check_update = false" in config
+
+
+def test_unification_notebook_writes_the_table(tmp_path):
+    run = subprocess.run([sys.executable, "-m", "uniinstruct.cli", "notebook", "tables/unification",
+                          "--out-dir", str(tmp_path / "results" / "tables"), "--executed-dir", str(tmp_path / "nb")],
+                         cwd=ROOT, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-3000:]
+    out = tmp_path / "results" / "tables"
+    import pandas as pd
+    table = pd.read_csv(out / "unification.csv")
+    paper_columns = ["Method", "Loss", "Div. in UI", "Task", "Gradient", "paper source"]
+    ours = ["reproduced by (ours)", "cosine", "scale c*", "rel. error", "status"]
+    assert set(paper_columns + ours) <= set(table.columns)
+    assert len(table) == 15 + 3 + 1          # methods, configured variants, Uni-Instruct's own row
+    assert table["Method"].iloc[-1] == "Uni-Instruct (ours)" and table["status"].iloc[-1] == "verified"
+    md = (out / "unification.md").read_text()
+    tex = (out / "unification.tex").read_text()
+    assert md.count("\n") == len(table) + 2 and "| Diff-Instruct (DI) |" in md
+    assert r"\begin{tabular}" in tex and r"$\chi^2$" in tex and tex.count(r" \\") == len(table) + 1
+    metrics = json.loads((tmp_path / "results" / "metrics" / "unification.json").read_text())
+    assert metrics["methods"] == 18 and metrics["uni_instruct_exact_max_rel_error"] <= 1e-3

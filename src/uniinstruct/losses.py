@@ -111,7 +111,8 @@ def _official(div: Divergence, y_real: Tensor, y_fake: Tensor, x_g: Tensor, x_t:
 
     SIM = Σ (y_real − y_fake)(y_fake − x_g) / w_f (SiD with α = 1); DI = Σ sg[λ_DI (y_fake − y_real)
     ‖y_fake − y_real‖] x_g with the norm taken over the whole batch, as the code does; FGM =
-    λ_FGM ‖y_real − y_fake‖ (batch norm; optional in the code's JS branch). ``batch_norm`` overrides
+    λ_FGM ‖y_real − y_fake‖ (batch norm, differentiated through the networks' outputs; optional in the
+    code's JS branch). ``batch_norm`` overrides
     that norm (e.g. its expectation for the code's batch size, when the "batch" is a quadrature)."""
     r = ratio.detach()
     w_f = sid_weight_factor(x_g, y_real)
@@ -137,6 +138,9 @@ def generator_loss(div: Divergence, y_real: Tensor, y_fake: Tensor, x_g: Tensor,
     :func:`released_code_ratio`); ``weight`` is the time weighting w(σ) per sample."""
     if estimator not in GENERATOR_ESTIMATORS:
         raise ValueError(f"unknown generator estimator {estimator!r}; valid: {', '.join(GENERATOR_ESTIMATORS)}")
+    if not bool(torch.all(torch.isfinite(ratio) & (ratio > 0))):
+        raise ValueError("the density ratio r = q/p must be positive and finite; the released code's ratio "
+                         "(released_code_ratio) is about −1 in its JS and χ² branches and cannot be used with them")
     loss = GENERATOR_ESTIMATORS[estimator](div, y_real, y_fake, x_g, x_t, sigma, ratio, **options)
     if loss.shape != (x_g.shape[0],):
         raise RuntimeError(f"generator loss must be per sample, got shape {tuple(loss.shape)}")

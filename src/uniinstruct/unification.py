@@ -47,7 +47,8 @@ class UnificationConfig:
     tolerance: float = 1e-3                         # "reproduced" when the scaled relative error is below this
     official_batch: int = 64                        # batch size whose expected ‖D_ψ − D_φ‖ the official DI term uses
     variants: list[dict] = field(default_factory=lambda: [
-        {"method": "sid", "options": {"alpha": 0.5}}, {"method": "sid", "options": {"alpha": 1.0}}])
+        {"method": "sid", "options": {"alpha": 0.5}}, {"method": "sid", "options": {"alpha": 1.0}},
+        {"method": "f_distill", "options": {"divergence": "chi2"}}])
 
     def check(self):
         problems = positive(sigma=self.sigma, sigma_max=self.sigma_max, tail_nodes=self.tail_nodes,
