@@ -120,3 +120,12 @@ def test_fake_score_and_discriminator_step(nets):
     _, logit_real = fake(x_real + noise, sigma)
     loss = (losses.fake_score_loss(y_fake, x_g, sigma) + losses.discriminator_loss(logit_real, logit_fake)).mean()
     step(fake, loss)
+
+
+@pytest.mark.parametrize("name", DIVERGENCES)
+def test_f_distill_step_for_every_divergence(nets, name):
+    gen, teacher, fake, _ = nets
+    x_g, x_t, eps, sigma, y_real, y_fake, logit = path(gen, teacher, fake)
+    batch = methods.PathBatch(x_g=x_g, x_t=x_t, eps=eps, sigma=sigma, y_real=y_real, y_fake=y_fake, log_ratio=logit)
+    method = methods.get("f_distill").with_options(divergence=name)
+    step(gen, method.generator_loss(batch, extras={"gan": methods.gan_extra(logit, 0.01)}).mean())
