@@ -4,6 +4,7 @@ Commands:
   info          print code version, library versions and hardware as JSON
   divergences   list the f-divergence registry
   notebook      validate a params.yaml section and execute a papermill notebook with it
+  toy           the 2-D toy tier's stages: teacher, distill, evaluate
 """
 
 from __future__ import annotations
@@ -26,11 +27,13 @@ class NotebookSpec:
 
 
 def _notebooks() -> dict[str, NotebookSpec]:
+    from uniinstruct.pipelines.toy import ToyConfig
     from uniinstruct.theory.report import TheoryConfig
     from uniinstruct.unification import UnificationConfig
 
     return {"theory/theorem_checks": NotebookSpec("theory", TheoryConfig, "results/theory"),
-            "tables/unification": NotebookSpec("unification", UnificationConfig, "results/tables")}
+            "tables/unification": NotebookSpec("unification", UnificationConfig, "results/tables"),
+            "toy/ablation": NotebookSpec("toy", ToyConfig, "results/toy")}
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -59,9 +62,40 @@ def cmd_notebook(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"notebook {source} not found (run from the repository root)")
     executed = Path(args.executed_dir) / f"{args.name}.ipynb"
     executed.parent.mkdir(parents=True, exist_ok=True)
+    extra = {}
+    for item in args.param:
+        key, sep, value = item.partition("=")
+        if not sep or not key.isidentifier():
+            raise ConfigError(f"--param expects KEY=VALUE with KEY a Python name, got {item!r}")
+        extra[key] = value
     papermill.execute_notebook(str(source), str(executed), kernel_name="python3", progress_bar=False,
-                               parameters={"config": asdict(config), "out_dir": args.out_dir or spec.out_dir})
+                               parameters={"config": asdict(config), "out_dir": args.out_dir or spec.out_dir, **extra})
     print(f"executed {source} -> {executed}")
+    return 0
+
+
+def cmd_toy(args: argparse.Namespace) -> int:
+    from uniinstruct.config import from_dict
+    from uniinstruct.pipelines import toy
+    from uniinstruct.training.distill import DistillConfig
+
+    cfg = load_section(toy.ToyConfig, "toy", args.params)
+    params = asdict(cfg)
+    teacher_dir, runs_dir = Path(args.teacher_dir), Path(args.runs_dir)
+    if args.stage == "teacher":
+        print(json.dumps(toy.teacher_stage(cfg, params, teacher_dir, progress=not args.quiet), indent=2))
+    elif args.stage == "distill":
+        overrides = {k: v for k, v in (("divergence", args.divergence), ("estimator", args.estimator),
+                                       ("seed", args.seed), ("method", args.method), ("ratio", args.ratio))
+                     if v is not None}
+        dcfg = from_dict(DistillConfig, {**asdict(cfg.distill), **overrides}, f"{args.params}: toy.distill (+ flags)")
+        name = toy.run_name(dcfg.divergence, dcfg.estimator, dcfg.seed, dcfg.method, dcfg.ratio)
+        toy.distill_stage(cfg, dcfg, {**params, "run": overrides}, runs_dir / name, teacher_dir,
+                          progress=not args.quiet)
+        print(f"distilled {name} -> {runs_dir / name}")
+    else:
+        rows = toy.evaluate_stage(cfg, params, runs_dir, teacher_dir, Path(args.out))
+        print(f"evaluated {len(rows)} sample sets -> {args.out}")
     return 0
 
 
@@ -76,7 +110,22 @@ def build_parser() -> argparse.ArgumentParser:
     nb.add_argument("--params", default="params.yaml", help="parameter file (default: params.yaml)")
     nb.add_argument("--out-dir", default=None, help="results folder (default: the notebook's own)")
     nb.add_argument("--executed-dir", default="results/notebooks", help="where the executed notebook goes")
+    nb.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                    help="an extra string parameter for the notebook (e.g. runs_dir=runs/toy); repeatable")
     nb.set_defaults(func=cmd_notebook)
+    toy = sub.add_parser("toy", help="2-D toy tier: teacher | distill | evaluate")
+    toy.add_argument("stage", choices=["teacher", "distill", "evaluate"])
+    toy.add_argument("--params", default="params.yaml", help="parameter file (section: toy)")
+    toy.add_argument("--teacher-dir", default="results/toy/teacher")
+    toy.add_argument("--runs-dir", default="runs/toy", help="one folder per distillation run")
+    toy.add_argument("--out", default="results/toy/metrics.json", help="evaluate: where the metrics go")
+    toy.add_argument("--divergence", help="distill: override toy.distill.divergence")
+    toy.add_argument("--estimator", help="distill: override toy.distill.estimator")
+    toy.add_argument("--seed", type=int, help="distill: override toy.distill.seed")
+    toy.add_argument("--method", help="distill: a registry method instead of Uni-Instruct")
+    toy.add_argument("--ratio", help="distill: override toy.distill.ratio (logit | released)")
+    toy.add_argument("--quiet", action="store_true", help="no progress bars")
+    toy.set_defaults(func=cmd_toy)
     return parser
 
 

@@ -50,6 +50,7 @@ class Method:
     extras: tuple[str, ...] = ()             # additive terms the paper's loss has
     options: Mapping[str, Any] = field(default_factory=dict)  # keyword options of ``core`` (α, normalisation, …)
     note: str = ""                           # how the published form maps to scores, in one sentence
+    sigma_power: int = 0                     # σ^p brings the unnormalised core from score to denoiser units
 
     def with_options(self, **options: Any) -> "Method":
         """The same method with some core options changed (unknown options raise ValueError)."""
@@ -58,6 +59,13 @@ class Method:
             raise ValueError(f"method {self.name!r} has no option {unknown[0]!r}; options: "
                              f"{', '.join(self.options) or 'none'}")
         return replace(self, options={**self.options, **options})
+
+    def trainer_weight(self, sigma: Tensor, w_f: Tensor) -> Tensor | float:
+        """The per-sample weight a trainer applies: 1 when the core normalises itself (``normalize``),
+        else σ^p / w_f, i.e. denoiser units over SiD's normaliser, as the EDM-lineage peers train."""
+        if self.options.get("normalize", False):
+            return 1.0
+        return sigma**self.sigma_power / w_f
 
     def generator_loss(self, batch: PathBatch, extras: Mapping[str, Tensor] | None = None) -> Tensor:
         """Per-sample loss: core + the given extras (each a per-sample tensor from the helpers below)."""

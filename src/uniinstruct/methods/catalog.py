@@ -153,6 +153,9 @@ _SPECS = {
 }
 
 
+_SIGMA_POWER = {diff_instruct: 2, vsd: 2, sds: 2, dds: 2, dmd: 2, f_distill: 2, sim: 4, sid: 4}
+
+
 def catalog() -> list[Method]:
     """The table rows in the paper's order: its columns from ``paper_data/unification_table.csv``, the
     published losses from this module."""
@@ -162,5 +165,5 @@ def catalog() -> list[Method]:
     return [Method(name=r["key"], title=r["method"], citation=_CITATIONS[r["key"]], task=r["task"],
                    paper_loss=r["loss"], paper_divergence=r["div_in_ui"], paper_gradient=r["gradient"],
                    core=_SPECS[r["key"]][0], extras=_SPECS[r["key"]][1], options=_SPECS[r["key"]][2],
-                   note=_SPECS[r["key"]][3])
+                   note=_SPECS[r["key"]][3], sigma_power=_SIGMA_POWER[_SPECS[r["key"]][0]])
             for r in rows]

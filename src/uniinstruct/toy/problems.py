@@ -125,3 +125,23 @@ def pair(name: str) -> Pair:
     if name not in PAIRS:
         raise ValueError(f"unknown toy pair {name!r}; valid names: {', '.join(PAIRS)}")
     return PAIRS[name]
+
+
+def _ring(n_modes: int, radius: float, std: float, weights: list[float]) -> GaussianMixture:
+    angle = torch.arange(n_modes, dtype=torch.float64) * 2 * torch.pi / n_modes
+    means = radius * torch.stack([torch.cos(angle), torch.sin(angle)], -1)
+    return GaussianMixture(weights, means, std**2 * torch.eye(2, dtype=torch.float64).repeat(n_modes, 1, 1))
+
+
+# Teachers of the distillation benchmark (issue 4): imbalanced, so that mode-seeking and mode-covering differ.
+BENCHMARKS = {
+    "ring8": lambda: _ring(8, 3.0, 0.25, [0.30, 0.20, 0.15, 0.10, 0.09, 0.07, 0.05, 0.04]),
+    "imbalanced3": lambda: PAIRS["imbalanced"].teacher,
+}
+
+
+def benchmark(name: str) -> GaussianMixture:
+    """The benchmark teacher called ``name`` (ring8: 8 modes on a circle, weights 30% down to 4%)."""
+    if name not in BENCHMARKS:
+        raise ValueError(f"unknown toy benchmark {name!r}; valid names: {', '.join(BENCHMARKS)}")
+    return BENCHMARKS[name]()

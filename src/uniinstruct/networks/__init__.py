@@ -1,0 +1,12 @@
+"""Networks: EDM preconditioning and the backbones of each tier."""
+
+from uniinstruct.networks.edm import EDMPrecond
+from uniinstruct.networks.mlp import ToyBackbone
+
+
+def toy_denoiser(dim: int = 2, hidden: int = 128, depth: int = 3, sigma_data: float = 0.5) -> EDMPrecond:
+    """The toy tier's denoiser (teacher, fake score and generator share this architecture)."""
+    return EDMPrecond(ToyBackbone(dim, hidden, depth), sigma_data)
+
+
+__all__ = ["EDMPrecond", "ToyBackbone", "toy_denoiser"]

@@ -1,0 +1,238 @@
+"""The toy tier's DVC stages: teacher, distill (one run per matrix entry, sampling included), evaluate.
+
+The teacher stage always fits an MLP denoiser to the mixture's samples: as in the paper, the fake score
+and the generator start from its weights. The denoiser used in the losses is either the mixture's own
+exact Tweedie denoiser (``teacher: analytic``) or that MLP (``teacher: learned``, the realistic case).
+Students are one-step generators G(σ_init z; σ_init) distilled with the full Uni-Instruct loop.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from uniinstruct import divergences, losses, methods, provenance
+from uniinstruct.config import positive, valid_names
+from uniinstruct.networks import EDMPrecond, toy_denoiser
+from uniinstruct.sampling import heun_nfe, heun_sampler
+from uniinstruct.toy.metrics import toy_report
+from uniinstruct.toy.mixture import GaussianMixture
+from uniinstruct.toy.problems import benchmark
+from uniinstruct.training import checkpoint
+from uniinstruct.training.distill import DistillConfig, Distiller, schedule_summary
+
+TEACHERS = ("analytic", "learned")
+
+
+@dataclass
+class TeacherTrainConfig:
+    iterations: int = 3000          # Adam steps of the learned teacher (EDM loss)
+    batch: int = 512
+    lr: float = 2e-3
+    seed: int = 0
+
+    def check(self):
+        return positive(iterations=self.iterations, batch=self.batch, lr=self.lr)
+
+
+@dataclass
+class ToyMatrix:
+    """The runs of dvc.yaml's matrix stages (validated here, expanded by DVC)."""
+
+    divergences: list[str] = field(default_factory=lambda: ["rkl", "fkl", "jeffreys", "jkl", "js", "chi2", "neyman",
+                                                             "hellinger"])
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])             # toy_ui (exact estimator)
+    official_seeds: list[int] = field(default_factory=lambda: [0])          # toy_official
+    methods: list[str] = field(default_factory=lambda: ["diff_instruct", "dmd2", "sim", "sid", "sida", "f_distill"])
+    method_seeds: list[int] = field(default_factory=lambda: [0])            # toy_methods
+    released_divergences: list[str] = field(default_factory=lambda: ["fkl", "jkl"])
+    released_seeds: list[int] = field(default_factory=lambda: [0])          # toy_released (batch-level ratio)
+
+    def check(self):
+        return (valid_names("divergences", self.divergences, divergences.get)
+                + valid_names("released_divergences", self.released_divergences, divergences.get)
+                + valid_names("methods", self.methods, methods.get))
+
+
+@dataclass
+class ToyConfig:
+    benchmark: str = "ring8"        # the teacher mixture (uniinstruct.toy.problems.BENCHMARKS)
+    teacher: str = "analytic"       # denoiser in the losses: analytic (exact) | learned (the MLP teacher)
+    hidden: int = 64                # width of every toy MLP (teacher, fake score, generator)
+    depth: int = 3                  # hidden layers
+    teacher_train: TeacherTrainConfig = field(default_factory=TeacherTrainConfig)
+    n_samples: int = 4000           # samples per run for the metrics
+    heun_steps: int = 18            # the teacher's reference sampler (NFE = 2·steps − 1)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    matrix: ToyMatrix = field(default_factory=ToyMatrix)   # read by dvc.yaml's matrix stages
+
+    def check(self):
+        problems = positive(hidden=self.hidden, depth=self.depth, n_samples=self.n_samples,
+                            heun_steps=self.heun_steps)
+        problems += valid_names("benchmark", [self.benchmark], benchmark)
+        if self.teacher not in TEACHERS:
+            problems.append(("teacher", f"unknown teacher {self.teacher!r}; valid: {', '.join(TEACHERS)}"))
+        return problems
+
+
+class MixtureDenoiser(nn.Module):
+    """The exact teacher: D(x, σ) = E[x₀ | x_σ = x] of a Gaussian mixture (computed in float64)."""
+
+    def __init__(self, mixture: GaussianMixture):
+        super().__init__()
+        self.mixture = mixture
+
+    def forward(self, x: Tensor, sigma: Tensor) -> Tensor:
+        return self.mixture.denoise(x.double(), sigma.double()).to(x.dtype)
+
+
+def data_std(mixture: GaussianMixture) -> float:
+    """σ_data of the preconditioning: the root mean variance per coordinate of the mixture."""
+    w, m, c = mixture.weights, mixture.means, mixture.covs
+    mean = (w[:, None] * m).sum(0)
+    second = (w[:, None, None] * (c + m[:, :, None] * m[:, None, :])).sum(0)
+    return float(torch.sqrt(torch.diagonal(second - torch.outer(mean, mean)).mean()))
+
+
+def real_sampler(mixture: GaussianMixture):
+    return lambda n, gen: mixture.sample(n, generator=gen).float()
+
+
+# ---------------------------------------------------------------------------- teacher stage
+def train_teacher(cfg: ToyConfig, progress: bool = False) -> tuple[EDMPrecond, list[float]]:
+    """An MLP denoiser fitted to the mixture's samples with EDM's loss (log-normal σ, λ(σ) weighting)."""
+    mixture, t = benchmark(cfg.benchmark), cfg.teacher_train
+    sd = data_std(mixture)
+    torch.manual_seed(t.seed)
+    net = toy_denoiser(mixture.dim, cfg.hidden, cfg.depth, sd)
+    gen = torch.Generator().manual_seed(t.seed)
+    opt = torch.optim.Adam(net.parameters(), lr=t.lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, t.iterations)
+    history = []
+    for _ in tqdm(range(t.iterations), desc="teacher", disable=not progress):
+        x = mixture.sample(t.batch, generator=gen).float()
+        sigma = torch.exp(torch.randn(t.batch, generator=gen) * cfg.distill.p_std + cfg.distill.p_mean)
+        noise = torch.randn(x.shape, generator=gen) * sigma[:, None]
+        loss = losses.fake_score_loss(net(x + noise, sigma), x, sigma, sd).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        history.append(loss.item())
+    return net.requires_grad_(False), history
+
+
+def load_mlp_teacher(cfg: ToyConfig, teacher_dir: Path) -> EDMPrecond:
+    net = toy_denoiser(2, cfg.hidden, cfg.depth, data_std(benchmark(cfg.benchmark)))
+    net.load_state_dict(checkpoint.load(teacher_dir / "teacher.pt"))
+    return net.requires_grad_(False)
+
+
+def loss_teacher(cfg: ToyConfig, teacher_dir: Path) -> nn.Module:
+    """The denoiser the losses use: the exact mixture's, or the MLP teacher's."""
+    if cfg.teacher == "analytic":
+        return MixtureDenoiser(benchmark(cfg.benchmark))
+    return load_mlp_teacher(cfg, teacher_dir)
+
+
+def teacher_stage(cfg: ToyConfig, params: dict, out_dir: Path, progress: bool = True) -> dict:
+    """Fit the MLP teacher, then draw the Heun reference samples of both teachers (exact and MLP)."""
+    started = time.perf_counter()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    net, history = train_teacher(cfg, progress)
+    checkpoint.save_atomic(net.state_dict(), out_dir / "teacher.pt")
+    record = {"benchmark": cfg.benchmark, "final_loss": sum(history[-100:]) / min(100, len(history)),
+              "heun_steps": cfg.heun_steps, "nfe": heun_nfe(cfg.heun_steps)}
+    for kind, denoiser in (("analytic", MixtureDenoiser(benchmark(cfg.benchmark))), ("learned", net)):
+        gen = torch.Generator().manual_seed(cfg.teacher_train.seed + 1)
+        latents = torch.randn(cfg.n_samples, 2, generator=gen)
+        samples = heun_sampler(denoiser, latents, num_steps=cfg.heun_steps, sigma_max=cfg.distill.sigma_max,
+                               sigma_min=cfg.distill.sigma_min, rho=cfg.distill.rho)
+        torch.save(samples.double(), out_dir / f"samples_{kind}.pt")
+    provenance.write_json(out_dir / "teacher.json", {**record, "provenance": provenance.record(params, started)})
+    return record
+
+
+# ---------------------------------------------------------------------------- distill stage
+def run_name(divergence: str, estimator: str, seed: int, method: str = "", ratio: str = "logit") -> str:
+    """Folder name of one run: ``ui-<div>-<estimator>[-<ratio>]-s<seed>`` or ``m-<method>-s<seed>``."""
+    if method:
+        return f"m-{method}-s{seed}"
+    return f"ui-{divergence}-{estimator}{'' if ratio == 'logit' else '-' + ratio}-s{seed}"
+
+
+def build_distiller(cfg: ToyConfig, dcfg: DistillConfig, teacher_dir: Path) -> Distiller:
+    """Fake score and generator start from the MLP teacher's weights; the losses use ``loss_teacher``."""
+    mixture = benchmark(cfg.benchmark)
+    init = load_mlp_teacher(cfg, teacher_dir)
+    fake, gen = copy.deepcopy(init).requires_grad_(True), copy.deepcopy(init).requires_grad_(True)
+    return Distiller(dcfg, loss_teacher(cfg, teacher_dir), fake, gen, real_sampler(mixture), data_std(mixture))
+
+
+def distill_stage(cfg: ToyConfig, dcfg: DistillConfig, params: dict, run_dir: Path, teacher_dir: Path,
+                  progress: bool = True) -> dict:
+    """Train (resuming from the run's checkpoint), then write one-step samples of the EMA generator.
+
+    A run that diverges (non-finite loss or gradients) is a result, not a crash: it is recorded as
+    ``status: diverged`` and sampled from its last checkpoint (or its initial state when it has none)."""
+    started = time.perf_counter()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    distiller = build_distiller(cfg, dcfg, teacher_dir)
+    status = {"status": "ok"}
+    try:
+        history = distiller.train(run_dir, progress)
+    except FloatingPointError as err:
+        status = {"status": "diverged", "diverged_at": distiller.iteration, "error": str(err)}
+        distiller = build_distiller(cfg, dcfg, teacher_dir)
+        if (run_dir / "checkpoint.pt").exists():
+            distiller.load_state_dict(checkpoint.load(run_dir / "checkpoint.pt"))
+        status["sampled_at"] = distiller.iteration
+        history = distiller.history
+    gen = torch.Generator().manual_seed(10_000 + dcfg.seed)
+    with torch.no_grad():
+        samples = distiller.generate(torch.randn(cfg.n_samples, 2, generator=gen), distiller.G_ema)
+    torch.save(samples.double(), run_dir / "samples.pt")
+    record = {"config": asdict(dcfg), **status, "schedule": schedule_summary(dcfg), "history": history}
+    provenance.write_json(run_dir / "run.json", {**record, "provenance": provenance.record(params, started)})
+    return record
+
+
+# ---------------------------------------------------------------------------- evaluate stage
+def evaluate_stage(cfg: ToyConfig, params: dict, runs_dir: Path, teacher_dir: Path, out_path: Path) -> list[dict]:
+    """Metrics of every run's samples and of the teacher's Heun samples against the exact teacher."""
+    started = time.perf_counter()
+    q = benchmark(cfg.benchmark)
+    rows = []
+    teacher_info = json.loads((teacher_dir / "teacher.json").read_text())
+    entries = [(f"teacher-{kind}-heun", teacher_dir / f"samples_{kind}.pt", _describe_teacher(teacher_info, kind))
+               for kind in TEACHERS]
+    for folder in sorted(p for p in runs_dir.iterdir() if p.is_dir()):
+        run_json = folder / "run.json"
+        if not run_json.exists():
+            raise FileNotFoundError(f"{run_json} is missing: run the distill stage for {folder.name} first")
+        entries.append((folder.name, folder / "samples.pt", _describe_run(json.loads(run_json.read_text()))))
+    for name, samples_path, info in tqdm(entries, desc="evaluate"):
+        x = torch.load(samples_path, weights_only=True)
+        rows.append({"run": name, **info, **toy_report(q, x, generator=torch.Generator().manual_seed(7))})
+    provenance.write_json(out_path, {"rows": rows, "provenance": provenance.record(params, started)})
+    return rows
+
+
+def _describe_teacher(info: dict, kind: str) -> dict:
+    return {"kind": f"teacher ({kind})", "divergence": "", "estimator": "", "method": "", "ratio": "", "seed": -1,
+            "nfe": info["nfe"], "status": "ok", "wall_time_s": info["provenance"]["wall_time_s"]}
+
+
+def _describe_run(info: dict) -> dict:
+    c = info["config"]
+    return {"kind": "method" if c["method"] else "uni-instruct", "divergence": "" if c["method"] else c["divergence"],
+            "estimator": "" if c["method"] else c["estimator"], "method": c["method"], "ratio": c["ratio"],
+            "seed": c["seed"], "nfe": 1, "wall_time_s": info["provenance"]["wall_time_s"],
+            "status": info["status"] if info["status"] == "ok" else f"diverged at iteration {info['diverged_at']}"}

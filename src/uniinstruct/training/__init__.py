@@ -1,0 +1,1 @@
+"""Distillation training: the Uni-Instruct loop and atomic checkpoints."""

@@ -1,0 +1,285 @@
+"""The Uni-Instruct distillation loop (digest §5.5), tier-agnostic.
+
+Each iteration alternates
+1. a fake-score + discriminator update on generator samples and real samples, both noised with the
+   same σ ~ LogNormal(P_mean, P_std²) and the same noise: λ(σ)‖D_ψ(x_g + n) − x_g‖² and the BCE of the
+   discriminator head on the fake score's encoder;
+2. a generator update on x_g = G(σ_init z; σ_init), x_σ = x_g + σε with σ from the EDM schedule truncated at
+   t_max: the Uni-Instruct loss of the configured divergence and estimator (or a prior method's
+   published loss), plus the GAN term.
+
+Warm-up as in the released code: the generator is not stepped for the first ``warmup_fake_images``, then
+trained with RKL (pure SIM) until ``warmup_sim_images``. All randomness comes from one seeded
+``torch.Generator`` that is checkpointed with the rest, so a resumed run ends exactly where an
+uninterrupted one does.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from uniinstruct import divergences, losses, methods
+from uniinstruct.config import positive
+from uniinstruct.training import checkpoint
+
+RATIOS = ("logit", "released")
+RESUMABLE_CHANGES = {"iterations", "checkpoint_every", "log_every"}   # may differ when resuming
+
+
+@dataclass
+class DistillConfig:
+    divergence: str = "fkl"            # f-divergence of Uni-Instruct (ignored when ``method`` is set)
+    estimator: str = "exact"           # generator estimator: exact | official
+    method: str = ""                   # a prior method of the registry instead of Uni-Instruct ("" = Uni-Instruct)
+    ratio: str = "logit"               # logit: r = exp(ℓ) per sample; released: the released code's batch-level ratio
+    ratio_clip: list[float] = field(default_factory=lambda: [0.1, 20.0])   # clip of the per-sample ratio
+    ratio_n_dims: int = 3072           # C·H·W in the released ratio's formula (3072 = CIFAR-10)
+    use_gan: bool = True               # GAN term for the generator and BCE for the discriminator head
+    iterations: int = 1500             # generator/fake-score iterations
+    batch: int = 256                   # samples per iteration
+    warmup_fake_images: int = 25_600   # no generator step before this many images
+    warmup_sim_images: int = 51_200    # RKL (pure SIM) generator loss before this many images
+    sigma_init: float = 2.5            # the generator is G(σ_init z; σ_init)
+    tmax: float = 800.0                # generator noise: t ~ U[0, tmax/1000] on the EDM schedule
+    sigma_min: float = 0.002
+    sigma_max: float = 80.0
+    rho: float = 7.0
+    p_mean: float = -1.2               # fake score / discriminator noise: ln σ ~ N(P_mean, P_std²)
+    p_std: float = 1.2
+    ls: float = 1.0                    # scale of the fake-score loss
+    lsd: float = 1.0                   # scale of the discriminator loss
+    lsg: float = 100.0                 # scale of the generator's divergence loss
+    lsg_gan: float = 0.01              # scale of the generator's GAN loss
+    lr: float = 1e-3                   # fake score learning rate
+    glr: float = 1e-3                  # generator learning rate
+    betas: list[float] = field(default_factory=lambda: [0.0, 0.999])   # Adam betas (both optimisers)
+    adam_eps: float = 1e-8
+    grad_clip: float = 1.0             # clip-by-value of the fake score's gradients when use_gan
+    ema_halflife_images: float = 20_000.0   # EMA of the generator, half-life in images
+    ema_rampup: float = 0.05           # EMA half-life ramps up as this fraction of the images seen
+    seed: int = 0
+    checkpoint_every: int = 500        # iterations between atomic checkpoints
+    log_every: int = 50                # iterations between history entries
+
+    def check(self):
+        problems = positive(iterations=self.iterations, batch=self.batch, sigma_init=self.sigma_init,
+                            tmax=self.tmax, lr=self.lr, glr=self.glr, checkpoint_every=self.checkpoint_every,
+                            log_every=self.log_every, ema_halflife_images=self.ema_halflife_images)
+        try:
+            divergences.get(self.divergence)
+        except ValueError as err:
+            problems.append(("divergence", str(err)))
+        if self.method:
+            try:
+                methods.get(self.method)
+            except ValueError as err:
+                problems.append(("method", str(err)))
+        if self.estimator not in losses.GENERATOR_ESTIMATORS:
+            problems.append(("estimator", f"unknown estimator {self.estimator!r}; valid: "
+                                          f"{', '.join(losses.GENERATOR_ESTIMATORS)}"))
+        if self.ratio not in RATIOS:
+            problems.append(("ratio", f"unknown ratio estimator {self.ratio!r}; valid: {', '.join(RATIOS)}"))
+        if not 0 <= self.warmup_fake_images <= self.warmup_sim_images:
+            problems.append(("warmup_sim_images", "must be ≥ warmup_fake_images ≥ 0"))
+        if len(self.ratio_clip) != 2 or not 0 < self.ratio_clip[0] < self.ratio_clip[1]:
+            problems.append(("ratio_clip", f"must be [lo, hi] with 0 < lo < hi, got {self.ratio_clip}"))
+        return problems
+
+
+def generator_sigma(t: Tensor, cfg: DistillConfig) -> Tensor:
+    """EDM's ρ-schedule at t ∈ [0, 1] (t = 1 → σ_min), as the released code draws generator noise."""
+    lo, hi = cfg.sigma_min ** (1 / cfg.rho), cfg.sigma_max ** (1 / cfg.rho)
+    return (hi + (1 - t) * (lo - hi)) ** cfg.rho
+
+
+class Distiller:
+    """State and updates of one distillation run (networks, optimisers, EMA, counters, RNG)."""
+
+    def __init__(self, cfg: DistillConfig, teacher: Callable[[Tensor, Tensor], Tensor], fake: nn.Module,
+                 generator: nn.Module, sample_real: Callable[[int, torch.Generator], Tensor], sigma_data: float):
+        self.cfg = cfg
+        self.teacher = teacher              # D_φ(x, σ), frozen
+        self.fake = fake                    # D_ψ(x, σ, return_logits) with a discriminator head
+        self.G = generator                  # D_θ, used as G(z) = D_θ(σ_init z; σ_init)
+        self.G_ema = copy.deepcopy(generator).requires_grad_(False)
+        self.sample_real = sample_real      # (n, torch.Generator) -> real samples
+        self.sigma_data = sigma_data
+        self.rng = torch.Generator().manual_seed(cfg.seed)
+        self.opt_fake = torch.optim.Adam(fake.parameters(), lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.adam_eps)
+        self.opt_g = torch.optim.Adam(generator.parameters(), lr=cfg.glr, betas=tuple(cfg.betas), eps=cfg.adam_eps)
+        self.method = methods.get(cfg.method) if cfg.method else None
+        self.iteration, self.cur_nimg, self.history = 0, 0, []
+        self._shape = tuple(sample_real(1, torch.Generator().manual_seed(0)).shape[1:])
+
+    # ------------------------------------------------------------------ sampling helpers
+    def _randn(self, *shape) -> Tensor:
+        return torch.randn(*shape, generator=self.rng)
+
+    def generate(self, z: Tensor, net: nn.Module | None = None) -> Tensor:
+        """One-step samples G(σ_init z; σ_init)."""
+        net = net or self.G
+        return net(self.cfg.sigma_init * z, torch.full((len(z),), self.cfg.sigma_init))
+
+    def phase(self) -> str:
+        if self.cur_nimg < self.cfg.warmup_fake_images:
+            return "fake_only"
+        if self.cur_nimg < self.cfg.warmup_sim_images and self.method is None:
+            return "sim"
+        return "divergence"
+
+    # ------------------------------------------------------------------ updates
+    def fake_step(self) -> dict[str, float]:
+        cfg, b = self.cfg, self.cfg.batch
+        with torch.no_grad():
+            x_g = self.generate(self._randn(b, *self._shape))
+        x_real = self.sample_real(b, self.rng)
+        sigma = torch.exp(self._randn(b) * cfg.p_std + cfg.p_mean)
+        noise = self._randn(b, *self._shape) * sigma.reshape(-1, *([1] * len(self._shape)))
+        y_fake, logit_fake = self.fake(x_g + noise, sigma, return_logits=True)
+        loss_score = losses.fake_score_loss(y_fake, x_g, sigma, self.sigma_data).mean()
+        loss = cfg.ls * loss_score
+        logs = {"fake_score": loss_score.item()}
+        if cfg.use_gan:
+            _, logit_real = self.fake(x_real + noise, sigma, return_logits=True)
+            loss_disc = (losses.edm_weight(sigma, self.sigma_data)
+                         * losses.discriminator_loss(logit_real, logit_fake)).mean()
+            loss = loss + cfg.lsd * loss_disc
+            logs["discriminator"] = loss_disc.item()
+        self._backward(loss, self.fake, self.opt_fake, "fake-score loss")
+        if cfg.use_gan:
+            nn.utils.clip_grad_value_(self.fake.parameters(), cfg.grad_clip)
+        self.opt_fake.step()
+        return logs
+
+    def _ratio(self, logit: Tensor, x_g: Tensor, y_real: Tensor) -> Tensor:
+        if self.cfg.ratio == "logit":
+            return losses.ratio_from_logit(logit, tuple(self.cfg.ratio_clip))
+        return losses.released_code_ratio(logit, losses.sid_weight_factor(x_g, y_real), self.cfg.ratio_n_dims)
+
+    def generator_loss(self, phase: str) -> tuple[Tensor, dict[str, float]]:
+        cfg, b = self.cfg, self.cfg.batch
+        x_g = self.generate(self._randn(b, *self._shape))
+        sigma = generator_sigma(torch.rand(b, generator=self.rng) * cfg.tmax / 1000, cfg)
+        eps = self._randn(b, *self._shape)
+        x_t = x_g + sigma.reshape(-1, *([1] * len(self._shape))) * eps
+        y_real = self.teacher(x_t, sigma)
+        self.fake.requires_grad_(False)
+        try:
+            y_fake, logit = self.fake(x_t, sigma, return_logits=True)
+        finally:
+            self.fake.requires_grad_(True)
+        w_f = losses.sid_weight_factor(x_g, y_real)
+        if self.method is not None:
+            batch = methods.PathBatch(x_g=x_g, x_t=x_t, eps=eps, sigma=sigma, y_real=y_real, y_fake=y_fake,
+                                      log_ratio=logit, weight=self.method.trainer_weight(sigma, w_f))
+            core = self.method.generator_loss(batch)
+            gan = cfg.use_gan and "gan" in self.method.extras
+        else:
+            div = divergences.get("rkl" if phase == "sim" else cfg.divergence)
+            ratio = self._ratio(logit, x_g, y_real)
+            weight = sigma**4 / w_f if cfg.estimator == "exact" else 1.0     # denoiser units, SiD-normalised
+            core = losses.generator_loss(div, y_real, y_fake, x_g, x_t, sigma, ratio, cfg.estimator, weight)
+            gan = cfg.use_gan and phase == "divergence"
+        loss = cfg.lsg * core.mean()
+        logs = {"generator": core.mean().item()}
+        if gan:
+            loss_gan = losses.generator_gan_loss(logit).mean()
+            loss = loss + cfg.lsg_gan * loss_gan
+            logs["generator_gan"] = loss_gan.item()
+        return loss, logs
+
+    def generator_step(self, phase: str) -> dict[str, float]:
+        loss, logs = self.generator_loss(phase)
+        grads = self._backward(loss, self.G, self.opt_g, "generator loss")
+        # finite gradients whose squares overflow Adam's moments show up as an infinite norm
+        self._guard(nn.utils.get_total_norm(grads), "generator gradient norm")
+        self.opt_g.step()
+        return logs
+
+    def _backward(self, loss: Tensor, net: nn.Module, opt: torch.optim.Optimizer, what: str) -> list[Tensor]:
+        """Guard the loss, backpropagate, and zero non-finite gradient entries (as the released code does)."""
+        self._guard(loss, what)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        grads = [p.grad for p in net.parameters() if p.grad is not None]
+        for g in grads:
+            torch.nan_to_num_(g, nan=0.0, posinf=0.0, neginf=0.0)
+        return grads
+
+    def _guard(self, value: Tensor, what: str) -> None:
+        if not torch.isfinite(value):
+            raise FloatingPointError(f"non-finite {what} at iteration {self.iteration} "
+                                     f"({self.cur_nimg} images); the last checkpoint is intact")
+
+    def update_ema(self) -> None:
+        cfg = self.cfg
+        halflife = min(cfg.ema_halflife_images, self.cur_nimg * cfg.ema_rampup) if cfg.ema_rampup else \
+            cfg.ema_halflife_images
+        beta = 0.5 ** (cfg.batch / max(halflife, 1e-8))
+        with torch.no_grad():
+            for p_ema, p in zip(self.G_ema.parameters(), self.G.parameters()):
+                p_ema.lerp_(p, 1 - beta)
+
+    def step(self) -> dict[str, float]:
+        phase = self.phase()
+        logs = {"iteration": self.iteration + 1, "images": self.cur_nimg + self.cfg.batch, "phase": phase,
+                **self.fake_step()}
+        if phase != "fake_only":
+            logs.update(self.generator_step(phase))
+        self.cur_nimg += self.cfg.batch
+        self.iteration += 1
+        self.update_ema()
+        return logs
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict:
+        return {"config": asdict(self.cfg), "iteration": self.iteration, "cur_nimg": self.cur_nimg,
+                "generator": self.G.state_dict(), "generator_ema": self.G_ema.state_dict(),
+                "fake": self.fake.state_dict(), "opt_fake": self.opt_fake.state_dict(),
+                "opt_g": self.opt_g.state_dict(), "rng": self.rng.get_state(), "history": self.history}
+
+    def load_state_dict(self, state: dict) -> None:
+        changed = {k for k, v in state["config"].items() if asdict(self.cfg).get(k) != v} - RESUMABLE_CHANGES
+        if changed:
+            raise ValueError(f"the checkpoint was written with other settings ({', '.join(sorted(changed))}); "
+                             "restore them, or delete the checkpoint to start afresh")
+        self.iteration, self.cur_nimg, self.history = state["iteration"], state["cur_nimg"], state["history"]
+        self.G.load_state_dict(state["generator"])
+        self.G_ema.load_state_dict(state["generator_ema"])
+        self.fake.load_state_dict(state["fake"])
+        self.opt_fake.load_state_dict(state["opt_fake"])
+        self.opt_g.load_state_dict(state["opt_g"])
+        self.rng.set_state(state["rng"])
+
+    def train(self, run_dir: str | Path, progress: bool = True) -> list[dict]:
+        """Run to ``cfg.iterations``, resuming from ``run_dir/checkpoint.pt`` when it exists."""
+        path = Path(run_dir) / "checkpoint.pt"
+        if path.exists():
+            self.load_state_dict(checkpoint.load(path))
+        bar = tqdm(total=self.cfg.iterations, initial=self.iteration, desc="distill", disable=not progress)
+        while self.iteration < self.cfg.iterations:
+            logs = self.step()
+            if self.iteration % self.cfg.log_every == 0:
+                self.history.append(logs)
+                bar.set_postfix({k: f"{v:.3g}" for k, v in logs.items() if isinstance(v, float)})
+            if self.iteration % self.cfg.checkpoint_every == 0 or self.iteration == self.cfg.iterations:
+                checkpoint.save_atomic(self.state_dict(), path)
+            bar.update(1)
+        bar.close()
+        return self.history
+
+
+def schedule_summary(cfg: DistillConfig) -> dict[str, int]:
+    """Iterations spent in each phase (for logs and tests)."""
+    to_iter = lambda images: min(cfg.iterations, math.ceil(images / cfg.batch))   # noqa: E731
+    fake_only = to_iter(cfg.warmup_fake_images)
+    sim = (to_iter(cfg.warmup_sim_images) - fake_only) if not cfg.method else 0
+    return {"fake_only": fake_only, "sim": sim, "divergence": cfg.iterations - fake_only - sim}
