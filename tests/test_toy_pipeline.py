@@ -101,3 +101,20 @@ def test_diverged_run_is_recorded_not_crashed(tmp_path, monkeypatch):
     assert samples.shape == (200, 2) and torch.all(torch.isfinite(samples))
     info = json.loads((tmp_path / "run" / "run.json").read_text())
     assert toy._describe_run(info)["status"] == "diverged at iteration 17"
+
+
+def test_learned_teacher_is_used_in_the_losses(tmp_path):
+    from dataclasses import replace
+
+    from uniinstruct.networks import EDMPrecond
+    from uniinstruct.pipelines import toy
+
+    cfg = replace(ToyConfig(), teacher="learned", hidden=16, depth=2, n_samples=100, heun_steps=3)
+    cfg = replace(cfg, teacher_train=replace(cfg.teacher_train, iterations=20, batch=32))
+    toy.teacher_stage(cfg, {}, tmp_path / "teacher", progress=False)
+    assert isinstance(toy.loss_teacher(cfg, tmp_path / "teacher"), EDMPrecond)
+    assert isinstance(toy.loss_teacher(replace(cfg, teacher="analytic"), tmp_path / "teacher"), toy.MixtureDenoiser)
+    dcfg = replace(cfg.distill, iterations=6, batch=16, warmup_fake_images=16, warmup_sim_images=32)
+    record = toy.distill_stage(cfg, dcfg, {}, tmp_path / "run", tmp_path / "teacher", progress=False)
+    assert record["status"] == "ok"
+    assert torch.all(torch.isfinite(torch.load(tmp_path / "run" / "samples.pt", weights_only=True)))
