@@ -22,7 +22,7 @@ from uniinstruct import divergences, losses, methods, provenance
 from uniinstruct.config import positive, valid_names
 from uniinstruct.networks import EDMPrecond, toy_denoiser
 from uniinstruct.sampling import heun_nfe, heun_sampler
-from uniinstruct.toy.metrics import toy_report
+from uniinstruct.toy.metrics import mixture_moments, toy_report
 from uniinstruct.toy.mixture import GaussianMixture
 from uniinstruct.toy.problems import benchmark
 from uniinstruct.training import checkpoint
@@ -95,10 +95,7 @@ class MixtureDenoiser(nn.Module):
 
 def data_std(mixture: GaussianMixture) -> float:
     """σ_data of the preconditioning: the root mean variance per coordinate of the mixture."""
-    w, m, c = mixture.weights, mixture.means, mixture.covs
-    mean = (w[:, None] * m).sum(0)
-    second = (w[:, None, None] * (c + m[:, :, None] * m[:, None, :])).sum(0)
-    return float(torch.sqrt(torch.diagonal(second - torch.outer(mean, mean)).mean()))
+    return float(torch.sqrt(torch.diagonal(mixture_moments(mixture)[1]).mean()))
 
 
 def real_sampler(mixture: GaussianMixture):

@@ -125,7 +125,7 @@ class Distiller:
 
     def generate(self, z: Tensor, net: nn.Module | None = None) -> Tensor:
         """One-step samples G(σ_init z; σ_init)."""
-        net = net or self.G
+        net = self.G if net is None else net
         return net(self.cfg.sigma_init * z, torch.full((len(z),), self.cfg.sigma_init))
 
     def phase(self) -> str:
