@@ -122,8 +122,8 @@ def test_loop_variants_run(tmp_path, overrides):
 
 def test_edm_preconditioning_by_hand():
     class Probe(torch.nn.Module):
-        def forward(self, x_in, c_noise):
-            self.seen = (x_in, c_noise)
+        def forward(self, x_in, c_noise, class_labels=None):
+            self.seen = (x_in, c_noise, class_labels)
             return torch.ones_like(x_in), None
 
     net = EDMPrecond(Probe(), sigma_data=0.5)
@@ -132,6 +132,9 @@ def test_edm_preconditioning_by_hand():
     c_skip, c_out, c_in = 0.25 / 9.25, 1.5 / 9.25**0.5, 1 / 9.25**0.5
     assert torch.allclose(out, c_skip * x + c_out, rtol=1e-6)
     assert torch.allclose(net.backbone.seen[0], c_in * x) and torch.allclose(net.backbone.seen[1], torch.log(sigma) / 4)
+    labels = torch.tensor([[0.0, 1.0]])
+    net(x, sigma, labels)
+    assert net.backbone.seen[2] is labels           # class labels reach the backbone untouched
 
 
 @pytest.mark.slow

@@ -2,6 +2,7 @@
 
 from uniinstruct.networks.edm import EDMPrecond
 from uniinstruct.networks.mlp import ToyBackbone
+from uniinstruct.networks.unet import UNet, parameter_count
 
 
 def toy_denoiser(dim: int = 2, hidden: int = 128, depth: int = 3, sigma_data: float = 0.5) -> EDMPrecond:
@@ -9,4 +10,4 @@ def toy_denoiser(dim: int = 2, hidden: int = 128, depth: int = 3, sigma_data: fl
     return EDMPrecond(ToyBackbone(dim, hidden, depth), sigma_data)
 
 
-__all__ = ["EDMPrecond", "ToyBackbone", "toy_denoiser"]
+__all__ = ["EDMPrecond", "ToyBackbone", "UNet", "parameter_count", "toy_denoiser"]

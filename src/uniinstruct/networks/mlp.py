@@ -39,6 +39,8 @@ class ToyBackbone(nn.Module):
         self.decoder = nn.Linear(hidden, dim)                       # denoising head
         self.disc = nn.Linear(hidden, 1) if discriminator else None  # logit head on the encoder
 
-    def forward(self, x_in: Tensor, c_noise: Tensor) -> tuple[Tensor, Tensor | None]:
+    def forward(self, x_in: Tensor, c_noise: Tensor, class_labels: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        if class_labels is not None:
+            raise ValueError("the toy backbone is unconditional but got class_labels")
         h = self.encoder(torch.cat([x_in, self.noise(c_noise)], dim=-1))
         return self.decoder(h), (self.disc(h)[:, 0] if self.disc is not None else None)

