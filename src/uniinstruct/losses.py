@@ -130,18 +130,24 @@ def _official(div: Divergence, y_real: Tensor, y_fake: Tensor, x_g: Tensor, x_t:
 GENERATOR_ESTIMATORS: dict[str, Callable[..., Tensor]] = {"exact": _exact, "official": _official}
 
 
+def generator_estimator(name: str) -> Callable[..., Tensor]:
+    """The generator estimator ``name`` (one of ``GENERATOR_ESTIMATORS``)."""
+    if name not in GENERATOR_ESTIMATORS:
+        raise ValueError(f"unknown generator estimator {name!r}; valid: {', '.join(GENERATOR_ESTIMATORS)}")
+    return GENERATOR_ESTIMATORS[name]
+
+
 def generator_loss(div: Divergence, y_real: Tensor, y_fake: Tensor, x_g: Tensor, x_t: Tensor, sigma,
                    ratio: Tensor, estimator: str = "exact", weight: Tensor | float = 1.0, **options) -> Tensor:
     """Per-sample Uni-Instruct generator loss for divergence ``div`` (see the module docstring).
 
     ``ratio`` is r = q/p per sample (from :func:`ratio_from_logit`, possibly with graph, or
     :func:`released_code_ratio`); ``weight`` is the time weighting w(σ) per sample."""
-    if estimator not in GENERATOR_ESTIMATORS:
-        raise ValueError(f"unknown generator estimator {estimator!r}; valid: {', '.join(GENERATOR_ESTIMATORS)}")
+    estimate = generator_estimator(estimator)
     if not bool(torch.all(torch.isfinite(ratio) & (ratio > 0))):
         raise ValueError("the density ratio r = q/p must be positive and finite; the released code's ratio "
                          "(released_code_ratio) is about −1 in its JS and χ² branches and cannot be used with them")
-    loss = GENERATOR_ESTIMATORS[estimator](div, y_real, y_fake, x_g, x_t, sigma, ratio, **options)
+    loss = estimate(div, y_real, y_fake, x_g, x_t, sigma, ratio, **options)
     if loss.shape != (x_g.shape[0],):
         raise RuntimeError(f"generator loss must be per sample, got shape {tuple(loss.shape)}")
     return weight * loss

@@ -80,3 +80,19 @@ def one_hot(labels: Tensor | None, num_classes: int) -> Tensor | None:
     if not num_classes:
         return None
     return torch.nn.functional.one_hot(labels, num_classes).float()
+
+
+def save_grid(images: Tensor, path, nrow: int = 10, scale: int = 4) -> None:
+    """Save images in [−1, 1] as one PNG grid (``nrow`` per row, each pixel ``scale``× larger, 1-pixel gaps)."""
+    from PIL import Image
+
+    pixels = to_uint8(images)
+    n, c, h, w = pixels.shape
+    rows = (n + nrow - 1) // nrow
+    grid = torch.full((c, rows * (h + 1) + 1, nrow * (w + 1) + 1), 255, dtype=torch.uint8)
+    for i, img in enumerate(pixels):
+        r, col = divmod(i, nrow)
+        grid[:, 1 + r * (h + 1):1 + r * (h + 1) + h, 1 + col * (w + 1):1 + col * (w + 1) + w] = img
+    grid = grid.repeat_interleave(scale, 1).repeat_interleave(scale, 2)
+    array = grid[0].numpy() if c == 1 else grid.permute(1, 2, 0).numpy()
+    Image.fromarray(array).save(path)

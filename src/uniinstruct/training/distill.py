@@ -150,7 +150,7 @@ class Distiller:
         x, labels = self.sample_real(n, self.rng)
         if self.label_dim:
             labels = ddp.shard(nn.functional.one_hot(labels, self.label_dim).float()).to(self.device)
-        return ddp.shard(x).to(self.device), labels
+        return ddp.shard(x).to(self.device), (labels if self.label_dim else None)
 
     def net(self, net: Callable[..., Tensor], x: Tensor, sigma: Tensor, labels: Tensor | None, **kw):
         """A network pass D(x; σ[, labels]) under the configured autocast."""

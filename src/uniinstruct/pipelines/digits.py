@@ -1,0 +1,238 @@
+"""The image tier on CPU (``digits`` by default): teacher, classifier, distill, evaluate.
+
+* teacher: an EDM-preconditioned UNet trained with EDM's loss on the whole data set, saved as a plain
+  state_dict plus JSON config; its N-step Heun samples are the reference;
+* classifier: a small classifier of the data set's classes, for a fast Fréchet distance (reports test accuracy);
+* distill: Uni-Instruct with the generator and the fake score initialised from the teacher, the generator
+  evaluated at σ_init, the fake score's encoder shared with the discriminator, which sees real images;
+  one run per matrix entry, over ``torchrun`` processes when started so;
+* evaluate: FID (clean-fid, FID-Inception) and classifier FD of the one-step students and the teacher.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from uniinstruct import divergences, losses, provenance
+from uniinstruct.config import positive, valid_names
+from uniinstruct.images.classifier import ClassifierConfig
+from uniinstruct.images.data import ImageDataset, load, one_hot, save_grid
+from uniinstruct.networks import EDMPrecond, UNet, parameter_count
+from uniinstruct.sampling import heun_nfe, heun_sampler
+from uniinstruct.training import checkpoint, ddp
+from uniinstruct.training.distill import DistillConfig, Distiller, schedule_summary
+
+
+@dataclass
+class NetworkConfig:
+    model_channels: int = 32                                         # width of the first level
+    channel_mult: list[int] = field(default_factory=lambda: [1, 2])  # width multipliers per resolution level
+    num_blocks: int = 1                                              # residual blocks per level
+    attn_resolutions: list[int] = field(default_factory=list)        # resolutions with self-attention
+    dropout: float = 0.0
+
+    def check(self):
+        return positive(model_channels=self.model_channels, num_blocks=self.num_blocks)
+
+
+@dataclass
+class TeacherTrainConfig:
+    iterations: int = 2000      # Adam steps of EDM's denoising loss
+    batch: int = 64
+    lr: float = 2e-3            # peak of a cosine schedule
+    seed: int = 0
+
+    def check(self):
+        return positive(iterations=self.iterations, batch=self.batch, lr=self.lr)
+
+
+@dataclass
+class FIDConfig:
+    inception: str = "auto"     # auto | packaged | a path to the official inception-2015-12-05.pt
+    num_images: int = 200       # images per set for FID-Inception (the real set: a seeded subset)
+    batch: int = 50
+
+    def check(self):
+        return positive(num_images=self.num_images, batch=self.batch)
+
+
+@dataclass
+class DigitsMatrix:
+    """The runs of dvc.yaml's digits_distill stage (validated here, expanded by DVC)."""
+
+    divergences: list[str] = field(default_factory=lambda: ["rkl", "fkl", "jkl"])
+    estimators: list[str] = field(default_factory=lambda: ["exact"])
+    seeds: list[int] = field(default_factory=lambda: [0])
+
+    def check(self):
+        return (valid_names("divergences", self.divergences, divergences.get)
+                + valid_names("estimators", self.estimators, losses.generator_estimator))
+
+
+@dataclass
+class DigitsConfig:
+    dataset: str = "digits"            # digits | lfw
+    conditional: bool = False          # class-conditional teacher, fake score and generator
+    sigma_data: float = 0.5            # EDM's σ_data for data in [−1, 1]
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    teacher_train: TeacherTrainConfig = field(default_factory=TeacherTrainConfig)
+    heun_steps: int = 18               # the teacher's reference sampler (NFE = 2·steps − 1)
+    n_samples: int = 1000              # samples per model for the classifier FD and the grids
+    classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
+    fid: FIDConfig = field(default_factory=FIDConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    matrix: DigitsMatrix = field(default_factory=DigitsMatrix)
+
+    def check(self):
+        problems = positive(sigma_data=self.sigma_data, heun_steps=self.heun_steps, n_samples=self.n_samples)
+        try:
+            load_dataset(self)
+        except (ValueError, ImportError) as err:
+            problems.append(("dataset", str(err)))
+        return problems
+
+
+def load_dataset(cfg: DigitsConfig) -> ImageDataset:
+    data = load(cfg.dataset)
+    if cfg.conditional and not data.num_classes:
+        raise ValueError(f"conditional: true needs labels, and the {cfg.dataset} data set has none")
+    return data
+
+
+def label_dim(cfg: DigitsConfig, data: ImageDataset) -> int:
+    return data.num_classes if cfg.conditional else 0
+
+
+def build_network(cfg: DigitsConfig, data: ImageDataset) -> EDMPrecond:
+    c, h, _ = data.shape
+    n = cfg.network
+    return EDMPrecond(UNet(h, c, label_dim(cfg, data), n.model_channels, tuple(n.channel_mult), n.num_blocks,
+                           tuple(n.attn_resolutions), n.dropout), cfg.sigma_data)
+
+
+def real_sampler(data: ImageDataset):
+    """(n, generator) -> (n images drawn with replacement, their labels)."""
+    def sample(n: int, gen: torch.Generator):
+        idx = torch.randint(len(data.images), (n,), generator=gen)
+        return data.images[idx], (data.labels[idx] if data.labels is not None else None)
+    return sample
+
+
+def sample_labels(cfg: DigitsConfig, data: ImageDataset, n: int) -> torch.Tensor | None:
+    """Class labels for n samples: 0, 1, 2, … cycling (balanced, and readable in a grid)."""
+    return one_hot(torch.arange(n) % data.num_classes, data.num_classes) if label_dim(cfg, data) else None
+
+
+# ---------------------------------------------------------------------------- teacher stage
+def train_teacher(cfg: DigitsConfig, data: ImageDataset, progress: bool = False) -> tuple[EDMPrecond, list[float]]:
+    """EDM's loss: ln σ ~ N(P_mean, P_std²), λ(σ)‖D(x + σε; σ) − x‖², Adam with a cosine schedule."""
+    t, d = cfg.teacher_train, cfg.distill
+    torch.manual_seed(t.seed)
+    net = build_network(cfg, data)
+    opt = torch.optim.Adam(net.parameters(), lr=t.lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, t.iterations)
+    gen, sample = torch.Generator().manual_seed(t.seed), real_sampler(data)
+    history = []
+    for _ in tqdm(range(t.iterations), desc="teacher", disable=not progress):
+        x, labels = sample(t.batch, gen)
+        sigma = torch.exp(torch.randn(t.batch, generator=gen) * d.p_std + d.p_mean)
+        noisy = x + torch.randn(x.shape, generator=gen) * sigma[:, None, None, None]
+        args = (noisy, sigma) if not label_dim(cfg, data) else (noisy, sigma, one_hot(labels, data.num_classes))
+        loss = losses.fake_score_loss(net(*args), x, sigma, cfg.sigma_data).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        history.append(loss.item())
+    return net.eval().requires_grad_(False), history
+
+
+def load_teacher(cfg: DigitsConfig, data: ImageDataset, teacher_dir: Path) -> EDMPrecond:
+    net = build_network(cfg, data)
+    net.load_state_dict(checkpoint.load(teacher_dir / "teacher.pt"))
+    return net.eval().requires_grad_(False)
+
+
+def teacher_stage(cfg: DigitsConfig, params: dict, out_dir: Path, progress: bool = True) -> dict:
+    """Train the teacher, save it (state_dict + JSON config), draw its Heun reference samples."""
+    started = time.perf_counter()
+    data = load_dataset(cfg)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    net, history = train_teacher(cfg, data, progress)
+    checkpoint.save_atomic(net.state_dict(), out_dir / "teacher.pt")
+    labels = sample_labels(cfg, data, cfg.n_samples)
+    latents = torch.randn(cfg.n_samples, *data.shape, generator=torch.Generator().manual_seed(1))
+    d = cfg.distill
+    denoiser = net if labels is None else _with_labels(net, labels)
+    samples = heun_sampler(denoiser, latents, cfg.heun_steps, d.sigma_min, d.sigma_max, d.rho, progress)
+    torch.save(samples.float(), out_dir / "samples.pt")
+    save_grid(samples[:100], out_dir / "samples.png")
+    record = {"dataset": cfg.dataset, "source": data.source, "shape": list(data.shape), "conditional": cfg.conditional,
+              "network": asdict(cfg.network), "parameters": parameter_count(net), "sigma_data": cfg.sigma_data,
+              "final_loss": sum(history[-100:]) / min(100, len(history)), "heun_steps": cfg.heun_steps,
+              "nfe": heun_nfe(cfg.heun_steps)}
+    provenance.write_json(out_dir / "teacher.json", {**record, "provenance": provenance.record(params, started)})
+    return record
+
+
+class _with_labels(torch.nn.Module):
+    """A denoiser with its labels bound, for samplers that call D(x, σ) on a fixed batch."""
+
+    def __init__(self, net: EDMPrecond, labels: torch.Tensor):
+        super().__init__()
+        self.net, self.labels = net, labels
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        return self.net(x, sigma, self.labels[:len(x)])
+
+
+# ---------------------------------------------------------------------------- distill stage
+def build_distiller(cfg: DigitsConfig, dcfg: DistillConfig, data: ImageDataset, teacher_dir: Path) -> Distiller:
+    """The fake score and the generator both start as copies of the teacher (digest §5.1)."""
+    teacher = load_teacher(cfg, data, teacher_dir)
+    fake, gen = copy.deepcopy(teacher).requires_grad_(True), copy.deepcopy(teacher).requires_grad_(True)
+    return Distiller(dcfg, teacher, fake.train(), gen.train(), real_sampler(data), cfg.sigma_data,
+                     label_dim(cfg, data))
+
+
+def distill_stage(cfg: DigitsConfig, dcfg: DistillConfig, params: dict, run_dir: Path, teacher_dir: Path,
+                  progress: bool = True) -> dict | None:
+    """Train (resuming from the run's checkpoint), then write the EMA generator's one-step samples and grid.
+
+    Under torchrun every process trains its shard; the first one writes the outputs. A run that diverges
+    is recorded (``status: diverged``) and sampled from its last checkpoint."""
+    started = time.perf_counter()
+    ddp.init_from_env(dcfg.device)
+    data = load_dataset(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    distiller = build_distiller(cfg, dcfg, data, teacher_dir)
+    status = {"status": "ok"}
+    try:
+        history = distiller.train(run_dir, progress)
+    except FloatingPointError as err:
+        status = {"status": "diverged", "diverged_at": distiller.iteration, "error": str(err)}
+        distiller = build_distiller(cfg, dcfg, data, teacher_dir)
+        if (run_dir / "checkpoint.pt").exists():
+            distiller.load_state_dict(checkpoint.load(run_dir / "checkpoint.pt"))
+        history = distiller.history
+    if not ddp.is_main():
+        return None
+    z = torch.randn(cfg.n_samples, *data.shape, generator=torch.Generator().manual_seed(10_000 + dcfg.seed))
+    labels = sample_labels(cfg, data, cfg.n_samples)
+    with torch.no_grad():
+        samples = torch.cat([distiller.generate(z[i:i + 500].to(distiller.device), distiller.G_ema,
+                                                None if labels is None else labels[i:i + 500].to(distiller.device))
+                             for i in range(0, len(z), 500)]).float().cpu()
+    torch.save(samples, run_dir / "samples.pt")
+    save_grid(samples[:100], run_dir / "samples.png")
+    record = {"config": asdict(dcfg), **status, "sampled_at": distiller.iteration, "schedule": schedule_summary(dcfg),
+              "world_size": ddp.world()[1], "history": history}
+    provenance.write_json(run_dir / "run.json", {**record, "provenance": provenance.record(params, started)})
+    return record

@@ -1,0 +1,127 @@
+"""The image tier's scoring stages: the feature classifier, then FID and classifier FD of every sample set.
+
+Every set (the teacher's Heun samples, each run's one-step samples) is compared with the real images:
+* ``fid``: clean-fid's FID with the FID-Inception network on ``fid.num_images`` images per set (the real set is a
+  seeded subset). Small sets bias FID upwards: compare sets of the same size only;
+* ``classifier_fd``: the Fréchet distance in the classifier's feature space, all samples against all real images;
+* ``class_min_ratio``: the rarest predicted class's share over the mean share (1 = balanced, 0 = a class is missing),
+  and ``confidence``: the classifier's mean top probability (how recognisable the samples are).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from uniinstruct import provenance, tables
+from uniinstruct.images import fid
+from uniinstruct.images.classifier import Classifier, classifier_features, train_classifier
+from uniinstruct.images.data import to_uint8
+from uniinstruct.pipelines.digits import DigitsConfig, load_dataset
+from uniinstruct.training import checkpoint
+
+
+def classifier_stage(cfg: DigitsConfig, params: dict, out_dir: Path, progress: bool = True) -> dict:
+    started = time.perf_counter()
+    data = load_dataset(cfg)
+    net, info = train_classifier(data, cfg.classifier, progress)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint.save_atomic(net.state_dict(), out_dir / "classifier.pt")
+    record = {"dataset": cfg.dataset, "config": asdict(cfg.classifier), **info}
+    provenance.write_json(out_dir / "classifier.json", {**record, "provenance": provenance.record(params, started)})
+    return record
+
+
+def load_classifier(cfg: DigitsConfig, classifier_dir: Path) -> Classifier:
+    data = load_dataset(cfg)
+    net = Classifier(data.shape[0], data.num_classes, cfg.classifier.width, cfg.classifier.features)
+    net.load_state_dict(checkpoint.load(classifier_dir / "classifier.pt"))
+    return net.eval().requires_grad_(False)
+
+
+def sample_sets(teacher_dir: Path, runs_dir: Path) -> list[tuple[str, Path, dict]]:
+    """(name, samples.pt, description) of the teacher and of every finished run."""
+    teacher = json.loads((teacher_dir / "teacher.json").read_text())
+    sets = [("teacher-heun", teacher_dir / "samples.pt",
+             {"kind": "teacher", "divergence": "", "estimator": "", "seed": -1, "nfe": teacher["nfe"],
+              "status": "ok", "wall_time_s": teacher["provenance"]["wall_time_s"]})]
+    for folder in sorted(p for p in runs_dir.iterdir() if p.is_dir()) if runs_dir.is_dir() else []:
+        if not (folder / "run.json").exists():
+            raise FileNotFoundError(f"{folder / 'run.json'} is missing: run the distill stage for {folder.name} first")
+        run = json.loads((folder / "run.json").read_text())
+        c = run["config"]
+        status = run["status"] if run["status"] == "ok" else f"diverged at iteration {run['diverged_at']}"
+        sets.append((folder.name, folder / "samples.pt",
+                     {"kind": c["method"] or "uni-instruct", "divergence": "" if c["method"] else c["divergence"],
+                      "estimator": "" if c["method"] else c["estimator"], "seed": c["seed"], "nfe": 1,
+                      "status": status, "wall_time_s": run["provenance"]["wall_time_s"]}))
+    return sets
+
+
+def class_balance(net: Classifier, images: torch.Tensor) -> dict[str, float]:
+    with torch.no_grad():
+        probs = torch.softmax(net(images.float()), dim=1)
+    share = torch.bincount(probs.argmax(1), minlength=probs.shape[1]).double() / len(images)
+    return {"class_min_ratio": float(share.min() * probs.shape[1]), "confidence": float(probs.max(1).values.mean())}
+
+
+def evaluate_stage(cfg: DigitsConfig, params: dict, teacher_dir: Path, classifier_dir: Path, runs_dir: Path,
+                   out_dir: Path, metrics_path: Path, progress: bool = True) -> list[dict]:
+    """Score every sample set; write metrics.json, the table, the curves, the sample grids and the DVC summary."""
+    started = time.perf_counter()
+    data = load_dataset(cfg)
+    clf = load_classifier(cfg, classifier_dir)
+    clf_info = json.loads((classifier_dir / "classifier.json").read_text())
+    weights = fid.find_weights(cfg.fid.inception)
+    inception = fid.InceptionFeatures(weights)
+    n_fid = min(cfg.fid.num_images, len(data.images))
+    real_idx = torch.randperm(len(data.images), generator=torch.Generator().manual_seed(0))[:n_fid]
+    real_inception = fid.inception_features(to_uint8(data.images[real_idx]), inception, cfg.fid.batch, progress)
+    real_clf = classifier_features(clf, data.images)
+    rows, curves = [], []
+    for name, path, info in sample_sets(teacher_dir, runs_dir):
+        x = torch.load(path, weights_only=True).clamp(-1, 1)
+        feats = fid.inception_features(to_uint8(x[:n_fid]), inception, cfg.fid.batch, progress)
+        rows.append({"run": name, **info, "fid": fid.frechet_distance(feats, real_inception), "fid_images": n_fid,
+                     "classifier_fd": fid.frechet_distance(classifier_features(clf, x), real_clf),
+                     "classifier_images": len(x), **class_balance(clf, x)})
+        if info["kind"] != "teacher":
+            history = json.loads((path.parent / "run.json").read_text())["history"]
+            curves += [{"run": name, **{k: v for k, v in h.items() if k != "phase"}} for h in history]
+    figures = out_dir / "figures"
+    figures.mkdir(parents=True, exist_ok=True)
+    for name, path, _ in sample_sets(teacher_dir, runs_dir):
+        (figures / f"{name}.png").write_bytes((path.parent / "samples.png").read_bytes())
+    frame = pd.DataFrame(rows)
+    tables.write_table(_table(frame), out_dir / "table",
+                       f"{cfg.dataset}: one-step students vs the teacher's Heun sampler (FID on {n_fid} images)",
+                       f"tab:{cfg.dataset}")
+    pd.DataFrame(curves).to_csv(out_dir / "curves.csv", index=False)
+    meta = {"inception": weights.describe(), "classifier_test_accuracy": clf_info["test_accuracy"],
+            "fid_protocol": f"clean-fid 'clean' resize, FID-Inception pool features, {n_fid} images per set "
+                            f"(real: a seeded subset of {cfg.dataset}); not comparable with 50k-sample FIDs"}
+    provenance.write_json(out_dir / "metrics.json",
+                          {"rows": rows, **meta, "provenance": provenance.record(params, started)})
+    students = frame[frame.kind != "teacher"]
+    summary = {"teacher_fid": float(frame.fid.iloc[0]), "teacher_classifier_fd": float(frame.classifier_fd.iloc[0]),
+               "best_student_fid": float(students.fid.min()) if len(students) else None,
+               "best_student_classifier_fd": float(students.classifier_fd.min()) if len(students) else None,
+               "classifier_test_accuracy": clf_info["test_accuracy"], "inception_sha256": weights.sha256}
+    provenance.write_json(metrics_path, summary)
+    return rows
+
+
+def _table(frame: pd.DataFrame) -> pd.DataFrame:
+    out = frame[["run", "divergence", "estimator", "seed", "nfe", "status", "fid", "classifier_fd",
+                 "class_min_ratio", "confidence", "wall_time_s"]].copy()
+    out.columns = ["run", "divergence", "estimator", "seed", "NFE", "status", "FID", "classifier FD",
+                   "rarest class ratio", "confidence", "wall time (s)"]
+    for col in ["FID", "classifier FD", "rarest class ratio", "confidence"]:
+        out[col] = out[col].map(lambda v: float(np.round(v, 3)))
+    return out

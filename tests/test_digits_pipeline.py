@@ -1,0 +1,182 @@
+"""The image tier end to end on tiny configurations: every divergence × estimator, resume, data parallelism,
+the CLI stages and their outputs."""
+
+import copy
+import json
+import os
+import subprocess
+import sys
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from uniinstruct import divergences
+from uniinstruct.config import ConfigError, from_dict
+from uniinstruct.images.data import load
+from uniinstruct.networks import EDMPrecond, UNet
+from uniinstruct.pipelines.digits import DigitsConfig, real_sampler
+from uniinstruct.training import checkpoint
+from uniinstruct.training.distill import DistillConfig, Distiller
+
+torch.set_num_threads(1)
+ROOT = Path(__file__).resolve().parents[1]
+TINY = DistillConfig(batch=8, iterations=6, warmup_fake_images=16, warmup_sim_images=32, checkpoint_every=2,
+                     log_every=1, lr=1e-3, glr=1e-3, ema_halflife_images=64.0)
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture(scope="module")
+def data():
+    return load("digits")
+
+
+def tiny_teacher(label_dim: int = 0) -> EDMPrecond:
+    torch.manual_seed(0)
+    net = EDMPrecond(UNet(8, 1, label_dim, model_channels=8, channel_mult=(1, 2)), 0.5)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.05 * torch.randn(p.shape))
+    return net.requires_grad_(False)
+
+
+def distiller(cfg: DistillConfig, data, label_dim: int = 0) -> Distiller:
+    teacher = tiny_teacher(label_dim)
+    return Distiller(cfg, teacher, copy.deepcopy(teacher).requires_grad_(True),
+                     copy.deepcopy(teacher).requires_grad_(True), real_sampler(data), 0.5, label_dim)
+
+
+def flat(module) -> torch.Tensor:
+    return torch.cat([p.detach().reshape(-1) for p in module.parameters()])
+
+
+@pytest.mark.parametrize("estimator", ["exact", "official"])
+@pytest.mark.parametrize("name", divergences.names())
+def test_every_divergence_steps_a_unet(name, estimator, data):
+    """One fake-score + generator step in the divergence phase: finite losses, every generator weight moves."""
+    d = distiller(replace(TINY, divergence=name, estimator=estimator, warmup_fake_images=0, warmup_sim_images=0), data)
+    before = flat(d.G)
+    logs = d.step()
+    assert logs["phase"] == "divergence"
+    assert all(torch.isfinite(torch.tensor(v)) for k, v in logs.items() if isinstance(v, float))
+    grads = [p.grad for n, p in d.G.named_parameters() if not n.startswith("backbone.disc")]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert torch.isfinite(flat(d.G)).all() and not torch.equal(flat(d.G), before)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_class_conditional_and_bf16(precision, data):
+    d = distiller(replace(TINY, warmup_fake_images=0, warmup_sim_images=0, precision=precision), data, label_dim=10)
+    logs = d.step()
+    assert all(torch.isfinite(torch.tensor(v)) for k, v in logs.items() if isinstance(v, float))
+    x = d.generate(torch.randn(10, 1, 8, 8), labels=torch.eye(10))
+    assert x.dtype == torch.float32 and x.shape == (10, 1, 8, 8)
+
+
+def test_resume_equals_an_uninterrupted_run(tmp_path, data):
+    whole = distiller(TINY, data)
+    whole.train(tmp_path / "whole", progress=False)
+    part = distiller(replace(TINY, iterations=3), data)
+    part.train(tmp_path / "part", progress=False)           # checkpoint at iteration 2 and 3
+    resumed = distiller(TINY, data)
+    resumed.train(tmp_path / "part", progress=False)
+    assert resumed.iteration == whole.iteration == 6
+    for a, b in [(whole.G, resumed.G), (whole.G_ema, resumed.G_ema), (whole.fake, resumed.fake)]:
+        assert torch.equal(flat(a), flat(b))
+    assert whole.history == resumed.history
+
+
+def test_nan_guard_keeps_the_last_checkpoint(tmp_path, data):
+    d = distiller(replace(TINY, warmup_fake_images=0, warmup_sim_images=0), data)
+    d.cfg = replace(d.cfg, iterations=2)
+    d.train(tmp_path, progress=False)
+    saved = checkpoint.load(tmp_path / "checkpoint.pt")
+    with torch.no_grad():
+        next(d.teacher.parameters()).fill_(float("nan"))     # the frozen teacher is not in the checkpoint
+    d.cfg = replace(d.cfg, iterations=4)
+    with pytest.raises(FloatingPointError, match="the last checkpoint is intact"):
+        d.train(tmp_path, progress=False)
+    after = checkpoint.load(tmp_path / "checkpoint.pt")
+    assert after["iteration"] == saved["iteration"] == 2
+    assert all(torch.equal(after["generator"][k], v) for k, v in saved["generator"].items())
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_match_one_process(tmp_path):
+    """Data parallelism: 2 processes × 4 samples give the gradients of 1 process × 8 samples (fake score and
+    generator, one full iteration of a class-conditional run with the GAN term).
+
+    Tolerance: float32 sums in another order differ by ~1e-6 relative. Weights are not compared: Adam's first
+    step is lr·sign(g), so weights whose exact gradient is zero (a bias before a one-channel GroupNorm) move
+    either way on float noise."""
+    one, two = tmp_path / "one.pt", tmp_path / "two.pt"
+    worker = str(ROOT / "tests" / "ddp_worker.py")
+    subprocess.run([sys.executable, worker, str(one)], check=True, env=ENV, capture_output=True)
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          worker, str(two)], env=ENV, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-3000:]
+    a, b = torch.load(one, weights_only=True), torch.load(two, weights_only=True)
+    assert (a["world"], b["world"]) == (1, 2)
+    for key in ("grad_G", "grad_fake"):
+        assert a[key].keys() == b[key].keys() and len(a[key]) > 10
+        ga = torch.cat([a[key][n].reshape(-1).double() for n in a[key]])
+        gb = torch.cat([b[key][n].reshape(-1).double() for n in a[key]])
+        assert (gb - ga).norm() <= 1e-5 * ga.norm(), key
+        assert (gb - ga).abs().max() <= 1e-5 * ga.abs().max(), key
+    for la, lb in zip(a["logs"], b["logs"], strict=True):
+        assert la.keys() == lb.keys()
+        assert all(la[k] == (lb[k] if isinstance(la[k], str) else pytest.approx(lb[k], rel=1e-5)) for k in la)
+
+
+def test_bad_digits_params_name_the_key():
+    base = yaml.safe_load((ROOT / "params.yaml").read_text())["digits"]
+    with pytest.raises(ConfigError, match=r"digits\.dataset: unknown image data set 'mnist'; valid: digits, lfw"):
+        from_dict(DigitsConfig, {**base, "dataset": "mnist"}, "digits")
+    with pytest.raises(ConfigError, match=r"digits\.matrix\.estimators\[0\]: unknown generator estimator"):
+        from_dict(DigitsConfig, {**base, "matrix": {**base["matrix"], "estimators": ["mc"]}}, "digits")
+    with pytest.raises(ConfigError, match=r"digits\.distill\.precision: unknown precision 'fp8'"):
+        from_dict(DigitsConfig, {**base, "distill": {**base["distill"], "precision": "fp8"}}, "digits")
+
+
+@pytest.fixture
+def tiny_digits_params(tmp_path):
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["digits"].update(n_samples=30, heun_steps=3, network={**params["digits"]["network"], "model_channels": 8})
+    params["digits"]["teacher_train"].update(iterations=10, batch=16)
+    params["digits"]["classifier"].update(epochs=2)
+    params["digits"]["fid"].update(num_images=12, batch=6)
+    params["digits"]["distill"].update(asdict(replace(TINY, checkpoint_every=3)) | {"ratio_n_dims": 64})
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    return path
+
+
+@pytest.mark.slow
+def test_cli_stages_end_to_end(tmp_path, tiny_digits_params):
+    dirs = ["--teacher-dir", str(tmp_path / "teacher"), "--classifier-dir", str(tmp_path / "clf"),
+            "--runs-dir", str(tmp_path / "runs"), "--out-dir", str(tmp_path / "out"),
+            "--metrics", str(tmp_path / "metrics.json"), "--params", str(tiny_digits_params), "--quiet"]
+    cli = [sys.executable, "-m", "uniinstruct.cli", "digits"]
+    for stage in (["teacher"], ["classifier"], ["distill", "--divergence", "rkl"],
+                  ["distill", "--divergence", "js", "--estimator", "official"], ["evaluate"]):
+        run = subprocess.run(cli + stage + dirs, env=ENV, capture_output=True, text=True, cwd=tmp_path)
+        assert run.returncode == 0, run.stderr[-3000:]
+    teacher = json.loads((tmp_path / "teacher" / "teacher.json").read_text())
+    assert teacher["nfe"] == 5 and teacher["provenance"]["code_version"]["commit"]
+    sd = checkpoint.load(tmp_path / "teacher" / "teacher.pt")
+    assert all(isinstance(v, torch.Tensor) for v in sd.values())        # a plain state_dict
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    runs = [r["run"] for r in metrics["rows"]]
+    assert runs == ["teacher-heun", "ui-js-official-s0", "ui-rkl-exact-s0"]
+    assert all(r["fid"] > 0 and r["classifier_fd"] > 0 and r["fid_images"] == 12 for r in metrics["rows"])
+    assert metrics["inception"]["sha256"] and "not comparable" in metrics["fid_protocol"]
+    assert {"teacher_fid", "best_student_fid", "classifier_test_accuracy"} <= set(
+        json.loads((tmp_path / "metrics.json").read_text()))
+    for name in ("table.csv", "table.md", "table.tex", "curves.csv", "figures/teacher-heun.png",
+                 "figures/ui-rkl-exact-s0.png"):
+        assert (tmp_path / "out" / name).is_file(), name
+    bad = subprocess.run(cli + ["distill", "--divergence", "kl"] + dirs, env=ENV, capture_output=True, text=True,
+                         cwd=tmp_path)
+    assert bad.returncode == 2 and "unknown divergence 'kl'" in bad.stderr
