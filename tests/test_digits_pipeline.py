@@ -169,14 +169,45 @@ def test_cli_stages_end_to_end(tmp_path, tiny_digits_params):
     assert all(isinstance(v, torch.Tensor) for v in sd.values())        # a plain state_dict
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     runs = [r["run"] for r in metrics["rows"]]
-    assert runs == ["teacher-heun", "ui-js-official-s0", "ui-rkl-exact-s0"]
+    assert runs == ["real-subset", "teacher-heun", "ui-js-official-s0", "ui-rkl-exact-s0"]
     assert all(r["fid"] > 0 and r["classifier_fd"] > 0 and r["fid_images"] == 12 for r in metrics["rows"])
     assert metrics["inception"]["sha256"] and "not comparable" in metrics["fid_protocol"]
     assert {"teacher_fid", "best_student_fid", "classifier_test_accuracy"} <= set(
         json.loads((tmp_path / "metrics.json").read_text()))
     for name in ("table.csv", "table.md", "table.tex", "curves.csv", "figures/teacher-heun.png",
-                 "figures/ui-rkl-exact-s0.png"):
+                 "figures/ui-rkl-exact-s0.png", "figures/samples.png", "figures/curves.png"):
         assert (tmp_path / "out" / name).is_file(), name
     bad = subprocess.run(cli + ["distill", "--divergence", "kl"] + dirs, env=ENV, capture_output=True, text=True,
                          cwd=tmp_path)
     assert bad.returncode == 2 and "unknown divergence 'kl'" in bad.stderr
+
+
+def test_conditional_teacher_stage_and_labels(tmp_path, tiny_digits_params):
+    """A class-conditional teacher trains, samples with balanced labels, and its weights load back."""
+    from uniinstruct.config import load_section
+    from uniinstruct.pipelines import digits
+
+    cfg = load_section(DigitsConfig, "digits", tiny_digits_params)
+    cfg.conditional, cfg.teacher_train.iterations, cfg.n_samples, cfg.heun_steps = True, 3, 20, 2
+    record = digits.teacher_stage(cfg, {}, tmp_path, progress=False)
+    assert record["conditional"] and record["nfe"] == 3
+    data = digits.load_dataset(cfg)
+    labels = digits.sample_labels(cfg, data, 20)
+    assert torch.equal(labels.argmax(1), torch.arange(20) % 10)
+    net = digits.load_teacher(cfg, data, tmp_path)
+    assert net.backbone.label_dim == 10
+    assert torch.load(tmp_path / "samples.pt", weights_only=True).shape == (20, 1, 8, 8)
+
+
+def test_lfw_faces_train_a_teacher_and_refuse_conditioning(tmp_path, tiny_digits_params):
+    """The optional data set (24×24 faces, no labels) runs through the same teacher stage."""
+    from uniinstruct.config import load_section
+    from uniinstruct.pipelines import digits
+
+    cfg = load_section(DigitsConfig, "digits", tiny_digits_params)
+    cfg.dataset, cfg.teacher_train.iterations, cfg.n_samples, cfg.heun_steps = "lfw", 2, 4, 2
+    record = digits.teacher_stage(cfg, {}, tmp_path, progress=False)
+    assert record["shape"] == [1, 24, 24]
+    assert torch.load(tmp_path / "samples.pt", weights_only=True).shape == (4, 1, 24, 24)
+    with pytest.raises(ValueError, match="conditional: true needs labels, and the lfw data set has none"):
+        digits.load_dataset(replace(cfg, conditional=True))

@@ -1,6 +1,9 @@
 """The image tier's scoring stages: the feature classifier, then FID and classifier FD of every sample set.
 
-Every set (the teacher's Heun samples, each run's one-step samples) is compared with the real images:
+Every set (the teacher's Heun samples, each run's one-step samples) is compared with the real images, and so is
+a subset of real images (``real-subset``, as many as a model's samples), whose scores are the floor that sampling
+noise sets: for FID its images are disjoint from the reference ones; for the classifier FD they are part of the
+reference (all real images), which makes that floor optimistic.
 * ``fid``: clean-fid's FID with the FID-Inception network on ``fid.num_images`` images per set (the real set is a
   seeded subset). Small sets bias FID upwards: compare sets of the same size only;
 * ``classifier_fd``: the Fréchet distance in the classifier's feature space, all samples against all real images;
@@ -80,18 +83,21 @@ def evaluate_stage(cfg: DigitsConfig, params: dict, teacher_dir: Path, classifie
     clf_info = json.loads((classifier_dir / "classifier.json").read_text())
     weights = fid.find_weights(cfg.fid.inception)
     inception = fid.InceptionFeatures(weights)
-    n_fid = min(cfg.fid.num_images, len(data.images))
-    real_idx = torch.randperm(len(data.images), generator=torch.Generator().manual_seed(0))[:n_fid]
-    real_inception = fid.inception_features(to_uint8(data.images[real_idx]), inception, cfg.fid.batch, progress)
+    n_fid = min(cfg.fid.num_images, len(data.images) // 2)
+    perm = torch.randperm(len(data.images), generator=torch.Generator().manual_seed(0))
+    real_inception = fid.inception_features(to_uint8(data.images[perm[:n_fid]]), inception, cfg.fid.batch, progress)
     real_clf = classifier_features(clf, data.images)
+    floor = ("real-subset", None, {"kind": "data", "divergence": "", "estimator": "", "seed": -1, "nfe": 0,
+                                   "status": "ok", "wall_time_s": 0.0})
     rows, curves = [], []
-    for name, path, info in sample_sets(teacher_dir, runs_dir):
-        x = torch.load(path, weights_only=True).clamp(-1, 1)
+    for name, path, info in [floor, *sample_sets(teacher_dir, runs_dir)]:
+        x = data.images[perm[n_fid:n_fid + cfg.n_samples]] if path is None else \
+            torch.load(path, weights_only=True).clamp(-1, 1)
         feats = fid.inception_features(to_uint8(x[:n_fid]), inception, cfg.fid.batch, progress)
         rows.append({"run": name, **info, "fid": fid.frechet_distance(feats, real_inception), "fid_images": n_fid,
                      "classifier_fd": fid.frechet_distance(classifier_features(clf, x), real_clf),
                      "classifier_images": len(x), **class_balance(clf, x)})
-        if info["kind"] != "teacher":
+        if info["kind"] not in ("teacher", "data"):
             history = json.loads((path.parent / "run.json").read_text())["history"]
             curves += [{"run": name, **{k: v for k, v in h.items() if k != "phase"}} for h in history]
     figures = out_dir / "figures"
@@ -99,6 +105,7 @@ def evaluate_stage(cfg: DigitsConfig, params: dict, teacher_dir: Path, classifie
     for name, path, _ in sample_sets(teacher_dir, runs_dir):
         (figures / f"{name}.png").write_bytes((path.parent / "samples.png").read_bytes())
     frame = pd.DataFrame(rows)
+    _figures(frame, pd.DataFrame(curves), teacher_dir, runs_dir, figures)
     tables.write_table(_table(frame), out_dir / "table",
                        f"{cfg.dataset}: one-step students vs the teacher's Heun sampler (FID on {n_fid} images)",
                        f"tab:{cfg.dataset}")
@@ -108,8 +115,10 @@ def evaluate_stage(cfg: DigitsConfig, params: dict, teacher_dir: Path, classifie
                             f"(real: a seeded subset of {cfg.dataset}); not comparable with 50k-sample FIDs"}
     provenance.write_json(out_dir / "metrics.json",
                           {"rows": rows, **meta, "provenance": provenance.record(params, started)})
-    students = frame[frame.kind != "teacher"]
-    summary = {"teacher_fid": float(frame.fid.iloc[0]), "teacher_classifier_fd": float(frame.classifier_fd.iloc[0]),
+    students, teacher, real = (frame[~frame.kind.isin(["teacher", "data"])], frame[frame.kind == "teacher"].iloc[0],
+                               frame[frame.kind == "data"].iloc[0])
+    summary = {"teacher_fid": float(teacher.fid), "teacher_classifier_fd": float(teacher.classifier_fd),
+               "real_subset_fid": float(real.fid), "real_subset_classifier_fd": float(real.classifier_fd),
                "best_student_fid": float(students.fid.min()) if len(students) else None,
                "best_student_classifier_fd": float(students.classifier_fd.min()) if len(students) else None,
                "classifier_test_accuracy": clf_info["test_accuracy"], "inception_sha256": weights.sha256}
@@ -117,11 +126,43 @@ def evaluate_stage(cfg: DigitsConfig, params: dict, teacher_dir: Path, classifie
     return rows
 
 
+def _figures(frame: pd.DataFrame, curves: pd.DataFrame, teacher_dir: Path, runs_dir: Path, out: Path) -> None:
+    """Sample grids side by side (teacher first) and the training curves of every run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sets = sample_sets(teacher_dir, runs_dir)
+    fig, axes = plt.subplots(1, len(sets), figsize=(3 * len(sets), 3.3), squeeze=False)
+    for ax, (name, path, _) in zip(axes[0], sets):
+        ax.imshow(plt.imread(path.parent / "samples.png"), cmap="gray")
+        row = frame[frame.run == name].iloc[0]
+        ax.set_title(f"{name}\nNFE {row.nfe}, FID {row.fid:.1f}, cFD {row.classifier_fd:.2f}", fontsize=8)
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(out / "samples.png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    if curves.empty:
+        return
+    keys = [k for k in ("generator", "fake_score", "discriminator", "generator_gan") if k in curves]
+    fig, axes = plt.subplots(1, len(keys), figsize=(3.5 * len(keys), 3), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        for run, group in curves.groupby("run"):
+            ax.plot(group["images"], group[key], label=run, lw=1)
+        ax.set_title(key, fontsize=9)
+        ax.set_xlabel("images")
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "curves.png", dpi=100)
+    plt.close(fig)
+
+
 def _table(frame: pd.DataFrame) -> pd.DataFrame:
-    out = frame[["run", "divergence", "estimator", "seed", "nfe", "status", "fid", "classifier_fd",
-                 "class_min_ratio", "confidence", "wall_time_s"]].copy()
-    out.columns = ["run", "divergence", "estimator", "seed", "NFE", "status", "FID", "classifier FD",
-                   "rarest class ratio", "confidence", "wall time (s)"]
+    out = frame[["run", "divergence", "estimator", "seed", "nfe", "status", "fid", "fid_images", "classifier_fd",
+                 "classifier_images", "class_min_ratio", "confidence", "wall_time_s"]].copy()
+    out.columns = ["run", "divergence", "estimator", "seed", "NFE", "status", "FID", "FID images", "classifier FD",
+                   "cFD images", "rarest class ratio", "confidence", "wall time (s)"]
     for col in ["FID", "classifier FD", "rarest class ratio", "confidence"]:
         out[col] = out[col].map(lambda v: float(np.round(v, 3)))
     return out
