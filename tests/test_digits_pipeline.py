@@ -157,14 +157,19 @@ def tiny_digits_params(tmp_path):
 def test_cli_stages_end_to_end(tmp_path, tiny_digits_params):
     dirs = ["--teacher-dir", str(tmp_path / "teacher"), "--classifier-dir", str(tmp_path / "clf"),
             "--runs-dir", str(tmp_path / "runs"), "--out-dir", str(tmp_path / "out"),
+            "--samples-dir", str(tmp_path / "samples"),
             "--metrics", str(tmp_path / "metrics.json"), "--params", str(tiny_digits_params), "--quiet"]
     cli = [sys.executable, "-m", "uniinstruct.cli", "digits"]
     for stage in (["teacher"], ["classifier"], ["distill", "--divergence", "rkl"],
-                  ["distill", "--divergence", "js", "--estimator", "official"], ["evaluate"]):
+                  ["distill", "--divergence", "js", "--estimator", "official"], ["sample"], ["evaluate"]):
         run = subprocess.run(cli + stage + dirs, env=ENV, capture_output=True, text=True, cwd=tmp_path)
         assert run.returncode == 0, run.stderr[-3000:]
     teacher = json.loads((tmp_path / "teacher" / "teacher.json").read_text())
-    assert teacher["nfe"] == 5 and teacher["provenance"]["code_version"]["commit"]
+    assert teacher["parameters"] > 0 and teacher["provenance"]["code_version"]["commit"]
+    sets = json.loads((tmp_path / "samples" / "samples.json").read_text())["sets"]
+    assert [(s["name"], s["nfe"], s["n"]) for s in sets] == [("teacher-heun", 5, 30), ("ui-js-official-s0", 1, 30),
+                                                            ("ui-rkl-exact-s0", 1, 30)]
+    assert sets[2]["iteration"] == TINY.iterations       # sampled from the final checkpoint
     sd = checkpoint.load(tmp_path / "teacher" / "teacher.pt")
     assert all(isinstance(v, torch.Tensor) for v in sd.values())        # a plain state_dict
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
@@ -190,13 +195,15 @@ def test_conditional_teacher_stage_and_labels(tmp_path, tiny_digits_params):
     cfg = load_section(DigitsConfig, "digits", tiny_digits_params)
     cfg.conditional, cfg.teacher_train.iterations, cfg.n_samples, cfg.heun_steps = True, 3, 20, 2
     record = digits.teacher_stage(cfg, {}, tmp_path, progress=False)
-    assert record["conditional"] and record["nfe"] == 3
+    assert record["conditional"]
+    (index,) = digits.sample_stage(cfg, {}, tmp_path, tmp_path / "no-runs", tmp_path / "samples", progress=False)
+    assert index == {"name": "teacher-heun", "n": 20, "nfe": 3, "iteration": None}
     data = digits.load_dataset(cfg)
     labels = digits.sample_labels(cfg, data, 20)
     assert torch.equal(labels.argmax(1), torch.arange(20) % 10)
     net = digits.load_teacher(cfg, data, tmp_path)
     assert net.backbone.label_dim == 10
-    assert torch.load(tmp_path / "samples.pt", weights_only=True).shape == (20, 1, 8, 8)
+    assert torch.load(tmp_path / "samples" / "teacher-heun.pt", weights_only=True).shape == (20, 1, 8, 8)
 
 
 def test_lfw_faces_train_a_teacher_and_refuse_conditioning(tmp_path, tiny_digits_params):
@@ -208,6 +215,28 @@ def test_lfw_faces_train_a_teacher_and_refuse_conditioning(tmp_path, tiny_digits
     cfg.dataset, cfg.teacher_train.iterations, cfg.n_samples, cfg.heun_steps = "lfw", 2, 4, 2
     record = digits.teacher_stage(cfg, {}, tmp_path, progress=False)
     assert record["shape"] == [1, 24, 24]
-    assert torch.load(tmp_path / "samples.pt", weights_only=True).shape == (4, 1, 24, 24)
+    digits.sample_stage(cfg, {}, tmp_path, tmp_path / "no-runs", tmp_path / "samples", progress=False)
+    assert torch.load(tmp_path / "samples" / "teacher-heun.pt", weights_only=True).shape == (4, 1, 24, 24)
     with pytest.raises(ValueError, match="conditional: true needs labels, and the lfw data set has none"):
         digits.load_dataset(replace(cfg, conditional=True))
+
+
+def test_a_run_without_checkpoint_is_sampled_from_its_initial_weights(tmp_path, tiny_digits_params):
+    """A run that diverged before its first checkpoint: the sample stage uses the teacher's weights (the
+    generator's initial state) and says so (iteration 0)."""
+    from uniinstruct.config import load_section
+    from uniinstruct.pipelines import digits
+
+    cfg = load_section(DigitsConfig, "digits", tiny_digits_params)
+    cfg.teacher_train.iterations, cfg.n_samples = 2, 6
+    digits.teacher_stage(cfg, {}, tmp_path, progress=False)
+    run_dir = tmp_path / "runs" / "ui-chi2-exact-s0"
+    run_dir.mkdir(parents=True)
+    (run_dir / "run.json").write_text(json.dumps({"config": asdict(cfg.distill), "status": "diverged"}))
+    samples, iteration = digits.one_step_samples(cfg, digits.load_dataset(cfg), run_dir, tmp_path)
+    data = digits.load_dataset(cfg)
+    teacher = digits.load_teacher(cfg, data, tmp_path)
+    z = torch.randn(6, 1, 8, 8, generator=torch.Generator().manual_seed(10_000 + cfg.distill.seed))
+    s = cfg.distill.sigma_init
+    assert iteration == 0
+    torch.testing.assert_close(samples, teacher(s * z, torch.full((6,), s)))

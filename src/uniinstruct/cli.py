@@ -5,7 +5,7 @@ Commands:
   divergences   list the f-divergence registry
   notebook      validate a params.yaml section and execute a papermill notebook with it
   toy           the 2-D toy tier's stages: teacher, distill, evaluate
-  digits        the image tier's stages: teacher, classifier, distill, evaluate
+  digits        the image tier's stages: teacher, classifier, distill, sample, evaluate
                 (distill over several processes: torchrun --standalone --nproc_per_node N -m uniinstruct.cli digits distill)
 """
 
@@ -124,9 +124,12 @@ def cmd_digits(args: argparse.Namespace) -> int:
         name = run_name(dcfg.divergence, dcfg.estimator, dcfg.seed, dcfg.method, dcfg.ratio)
         if digits.distill_stage(cfg, dcfg, {**params, "run": overrides}, runs_dir / name, teacher_dir, progress):
             print(f"distilled {name} -> {runs_dir / name}")
+    elif args.stage == "sample":
+        sets = digits.sample_stage(cfg, params, teacher_dir, runs_dir, Path(args.samples_dir), progress)
+        print(f"sampled {len(sets)} sets -> {args.samples_dir}")
     else:
         rows = digits_evaluate.evaluate_stage(cfg, params, teacher_dir, Path(args.classifier_dir), runs_dir,
-                                              Path(args.out_dir), Path(args.metrics), progress)
+                                              Path(args.samples_dir), Path(args.out_dir), Path(args.metrics), progress)
         print(f"evaluated {len(rows)} sample sets -> {args.out_dir}")
     return 0
 
@@ -162,12 +165,14 @@ def build_parser() -> argparse.ArgumentParser:
     toy.add_argument("--out", default="results/toy/metrics.json", help="evaluate: where the metrics go")
     _add_distill_flags(toy, "toy")
     toy.set_defaults(func=cmd_toy)
-    img = sub.add_parser("digits", help="image tier (params section: digits): teacher | classifier | distill | evaluate")
-    img.add_argument("stage", choices=["teacher", "classifier", "distill", "evaluate"])
+    img = sub.add_parser("digits",
+                         help="image tier (params section: digits): teacher | classifier | distill | sample | evaluate")
+    img.add_argument("stage", choices=["teacher", "classifier", "distill", "sample", "evaluate"])
     img.add_argument("--params", default="params.yaml", help="parameter file (section: digits)")
     img.add_argument("--teacher-dir", default="results/digits/teacher")
     img.add_argument("--classifier-dir", default="results/digits/classifier")
     img.add_argument("--runs-dir", default="runs/digits", help="one folder per distillation run")
+    img.add_argument("--samples-dir", default="results/digits/samples", help="sample: where the sample sets go")
     img.add_argument("--out-dir", default="results/digits", help="evaluate: tables, metrics, curves, figures")
     img.add_argument("--metrics", default="results/metrics/digits.json", help="evaluate: the DVC metrics summary")
     _add_distill_flags(img, "digits")

@@ -1,11 +1,12 @@
-"""The image tier on CPU (``digits`` by default): teacher, classifier, distill, evaluate.
+"""The image tier on CPU (``digits`` by default): teacher, classifier, distill, sample, evaluate.
 
 * teacher: an EDM-preconditioned UNet trained with EDM's loss on the whole data set, saved as a plain
-  state_dict plus JSON config; its N-step Heun samples are the reference;
+  state_dict plus JSON config;
 * classifier: a small classifier of the data set's classes, for a fast Fréchet distance (reports test accuracy);
 * distill: Uni-Instruct with the generator and the fake score initialised from the teacher, the generator
   evaluated at σ_init, the fake score's encoder shared with the discriminator, which sees real images;
   one run per matrix entry, over ``torchrun`` processes when started so;
+* sample: the teacher's N-step Heun samples (the reference) and every run's one-step samples, with PNG grids;
 * evaluate: FID (clean-fid, FID-Inception) and classifier FD of the one-step students and the teacher.
 """
 
@@ -161,23 +162,15 @@ def load_teacher(cfg: DigitsConfig, data: ImageDataset, teacher_dir: Path) -> ED
 
 
 def teacher_stage(cfg: DigitsConfig, params: dict, out_dir: Path, progress: bool = True) -> dict:
-    """Train the teacher, save it (state_dict + JSON config), draw its Heun reference samples."""
+    """Train the teacher and save it (plain state_dict + JSON config)."""
     started = time.perf_counter()
     data = load_dataset(cfg)
     out_dir.mkdir(parents=True, exist_ok=True)
     net, history = train_teacher(cfg, data, progress)
     checkpoint.save_atomic(net.state_dict(), out_dir / "teacher.pt")
-    labels = sample_labels(cfg, data, cfg.n_samples)
-    latents = torch.randn(cfg.n_samples, *data.shape, generator=torch.Generator().manual_seed(1))
-    d = cfg.distill
-    denoiser = net if labels is None else _with_labels(net, labels)
-    samples = heun_sampler(denoiser, latents, cfg.heun_steps, d.sigma_min, d.sigma_max, d.rho, progress)
-    torch.save(samples.float(), out_dir / "samples.pt")
-    save_grid(samples[:100], out_dir / "samples.png")
     record = {"dataset": cfg.dataset, "source": data.source, "shape": list(data.shape), "conditional": cfg.conditional,
               "network": asdict(cfg.network), "parameters": parameter_count(net), "sigma_data": cfg.sigma_data,
-              "final_loss": sum(history[-100:]) / min(100, len(history)), "heun_steps": cfg.heun_steps,
-              "nfe": heun_nfe(cfg.heun_steps)}
+              "final_loss": sum(history[-100:]) / min(100, len(history))}
     provenance.write_json(out_dir / "teacher.json", {**record, "provenance": provenance.record(params, started)})
     return record
 
@@ -204,10 +197,10 @@ def build_distiller(cfg: DigitsConfig, dcfg: DistillConfig, data: ImageDataset, 
 
 def distill_stage(cfg: DigitsConfig, dcfg: DistillConfig, params: dict, run_dir: Path, teacher_dir: Path,
                   progress: bool = True) -> dict | None:
-    """Train (resuming from the run's checkpoint), then write the EMA generator's one-step samples and grid.
+    """Train, resuming from the run's checkpoint; write run.json (status, schedule, history, provenance).
 
-    Under torchrun every process trains its shard; the first one writes the outputs. A run that diverges
-    is recorded (``status: diverged``) and sampled from its last checkpoint."""
+    Under torchrun every process trains its shard; the first one writes. A run that diverges is a result, not a
+    crash: it is recorded as ``status: diverged`` and its last checkpoint stays for the sample stage."""
     started = time.perf_counter()
     ddp.init_from_env(dcfg.device)
     data = load_dataset(cfg)
@@ -215,24 +208,58 @@ def distill_stage(cfg: DigitsConfig, dcfg: DistillConfig, params: dict, run_dir:
     distiller = build_distiller(cfg, dcfg, data, teacher_dir)
     status = {"status": "ok"}
     try:
-        history = distiller.train(run_dir, progress)
+        distiller.train(run_dir, progress)
     except FloatingPointError as err:
         status = {"status": "diverged", "diverged_at": distiller.iteration, "error": str(err)}
-        distiller = build_distiller(cfg, dcfg, data, teacher_dir)
-        if (run_dir / "checkpoint.pt").exists():
-            distiller.load_state_dict(checkpoint.load(run_dir / "checkpoint.pt"))
-        history = distiller.history
     if not ddp.is_main():
         return None
-    z = torch.randn(cfg.n_samples, *data.shape, generator=torch.Generator().manual_seed(10_000 + dcfg.seed))
-    labels = sample_labels(cfg, data, cfg.n_samples)
-    with torch.no_grad():
-        samples = torch.cat([distiller.generate(z[i:i + 500].to(distiller.device), distiller.G_ema,
-                                                None if labels is None else labels[i:i + 500].to(distiller.device))
-                             for i in range(0, len(z), 500)]).float().cpu()
-    torch.save(samples, run_dir / "samples.pt")
-    save_grid(samples[:100], run_dir / "samples.png")
-    record = {"config": asdict(dcfg), **status, "sampled_at": distiller.iteration, "schedule": schedule_summary(dcfg),
-              "world_size": ddp.world()[1], "history": history}
+    record = {"config": asdict(dcfg), **status, "schedule": schedule_summary(dcfg), "world_size": ddp.world()[1],
+              "history": distiller.history}
     provenance.write_json(run_dir / "run.json", {**record, "provenance": provenance.record(params, started)})
     return record
+
+
+# ---------------------------------------------------------------------------- sample stage
+@torch.no_grad()
+def one_step_samples(cfg: DigitsConfig, data: ImageDataset, run_dir: Path, teacher_dir: Path) -> tuple[torch.Tensor, int]:
+    """``n_samples`` one-step samples G_ema(σ_init z; σ_init) from the run's checkpoint (the teacher's weights when
+    it diverged before its first one); returns them and the iteration they come from."""
+    run = json.loads((run_dir / "run.json").read_text())
+    dcfg = DistillConfig(**run["config"])
+    net, iteration = load_teacher(cfg, data, teacher_dir), 0
+    if (run_dir / "checkpoint.pt").exists():
+        state = checkpoint.load(run_dir / "checkpoint.pt")
+        net.load_state_dict(state["generator_ema"])
+        iteration = state["iteration"]
+    z = torch.randn(cfg.n_samples, *data.shape, generator=torch.Generator().manual_seed(10_000 + dcfg.seed))
+    labels = sample_labels(cfg, data, cfg.n_samples)
+    sigma = torch.full((cfg.n_samples,), dcfg.sigma_init)
+    out = [net(dcfg.sigma_init * z[i:i + 500], sigma[i:i + 500], None if labels is None else labels[i:i + 500])
+           for i in range(0, len(z), 500)]
+    return torch.cat(out).float(), iteration
+
+
+def sample_stage(cfg: DigitsConfig, params: dict, teacher_dir: Path, runs_dir: Path, out_dir: Path,
+                 progress: bool = True) -> list[dict]:
+    """The teacher's Heun samples and every run's one-step samples, as ``<name>.pt`` and a 10×10 PNG grid."""
+    started = time.perf_counter()
+    data = load_dataset(cfg)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    teacher = load_teacher(cfg, data, teacher_dir)
+    labels = sample_labels(cfg, data, cfg.n_samples)
+    latents = torch.randn(cfg.n_samples, *data.shape, generator=torch.Generator().manual_seed(1))
+    d = cfg.distill
+    denoiser = teacher if labels is None else _with_labels(teacher, labels)
+    sets = [("teacher-heun", heun_sampler(denoiser, latents, cfg.heun_steps, d.sigma_min, d.sigma_max, d.rho,
+                                          progress).float(), {"nfe": heun_nfe(cfg.heun_steps), "iteration": None})]
+    runs = sorted(p for p in runs_dir.iterdir() if (p / "run.json").exists()) if runs_dir.is_dir() else []
+    for run_dir in tqdm(runs, desc="one-step samples", disable=not progress):
+        samples, iteration = one_step_samples(cfg, data, run_dir, teacher_dir)
+        sets.append((run_dir.name, samples, {"nfe": 1, "iteration": iteration}))
+    index = []
+    for name, samples, info in sets:
+        torch.save(samples, out_dir / f"{name}.pt")
+        save_grid(samples[:100], out_dir / f"{name}.png")
+        index.append({"name": name, "n": len(samples), **info})
+    provenance.write_json(out_dir / "samples.json", {"sets": index, "provenance": provenance.record(params, started)})
+    return index

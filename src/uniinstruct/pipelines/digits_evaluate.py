@@ -48,19 +48,21 @@ def load_classifier(cfg: DigitsConfig, classifier_dir: Path) -> Classifier:
     return net.eval().requires_grad_(False)
 
 
-def sample_sets(teacher_dir: Path, runs_dir: Path) -> list[tuple[str, Path, dict]]:
-    """(name, samples.pt, description) of the teacher and of every finished run."""
+def sample_sets(samples_dir: Path, teacher_dir: Path, runs_dir: Path) -> list[tuple[str, Path, dict]]:
+    """(name, samples.pt, description) of the teacher's Heun samples and of every run's one-step samples."""
+    index = {s["name"]: s for s in json.loads((samples_dir / "samples.json").read_text())["sets"]}
     teacher = json.loads((teacher_dir / "teacher.json").read_text())
-    sets = [("teacher-heun", teacher_dir / "samples.pt",
-             {"kind": "teacher", "divergence": "", "estimator": "", "seed": -1, "nfe": teacher["nfe"],
+    sets = [("teacher-heun", samples_dir / "teacher-heun.pt",
+             {"kind": "teacher", "divergence": "", "estimator": "", "seed": -1, "nfe": index["teacher-heun"]["nfe"],
               "status": "ok", "wall_time_s": teacher["provenance"]["wall_time_s"]})]
     for folder in sorted(p for p in runs_dir.iterdir() if p.is_dir()) if runs_dir.is_dir() else []:
-        if not (folder / "run.json").exists():
-            raise FileNotFoundError(f"{folder / 'run.json'} is missing: run the distill stage for {folder.name} first")
+        if folder.name not in index:
+            raise FileNotFoundError(f"no samples of {folder.name} in {samples_dir}: run the sample stage first")
         run = json.loads((folder / "run.json").read_text())
         c = run["config"]
-        status = run["status"] if run["status"] == "ok" else f"diverged at iteration {run['diverged_at']}"
-        sets.append((folder.name, folder / "samples.pt",
+        status = "ok" if run["status"] == "ok" else \
+            f"diverged at iteration {run['diverged_at']} (sampled at {index[folder.name]['iteration']})"
+        sets.append((folder.name, samples_dir / f"{folder.name}.pt",
                      {"kind": c["method"] or "uni-instruct", "divergence": "" if c["method"] else c["divergence"],
                       "estimator": "" if c["method"] else c["estimator"], "seed": c["seed"], "nfe": 1,
                       "status": status, "wall_time_s": run["provenance"]["wall_time_s"]}))
@@ -75,7 +77,7 @@ def class_balance(net: Classifier, images: torch.Tensor) -> dict[str, float]:
 
 
 def evaluate_stage(cfg: DigitsConfig, params: dict, teacher_dir: Path, classifier_dir: Path, runs_dir: Path,
-                   out_dir: Path, metrics_path: Path, progress: bool = True) -> list[dict]:
+                   samples_dir: Path, out_dir: Path, metrics_path: Path, progress: bool = True) -> list[dict]:
     """Score every sample set; write metrics.json, the table, the curves, the sample grids and the DVC summary."""
     started = time.perf_counter()
     data = load_dataset(cfg)
@@ -90,7 +92,8 @@ def evaluate_stage(cfg: DigitsConfig, params: dict, teacher_dir: Path, classifie
     floor = ("real-subset", None, {"kind": "data", "divergence": "", "estimator": "", "seed": -1, "nfe": 0,
                                    "status": "ok", "wall_time_s": 0.0})
     rows, curves = [], []
-    for name, path, info in [floor, *sample_sets(teacher_dir, runs_dir)]:
+    sets = sample_sets(samples_dir, teacher_dir, runs_dir)
+    for name, path, info in [floor, *sets]:
         x = data.images[perm[n_fid:n_fid + cfg.n_samples]] if path is None else \
             torch.load(path, weights_only=True).clamp(-1, 1)
         feats = fid.inception_features(to_uint8(x[:n_fid]), inception, cfg.fid.batch, progress)
@@ -98,14 +101,14 @@ def evaluate_stage(cfg: DigitsConfig, params: dict, teacher_dir: Path, classifie
                      "classifier_fd": fid.frechet_distance(classifier_features(clf, x), real_clf),
                      "classifier_images": len(x), **class_balance(clf, x)})
         if info["kind"] not in ("teacher", "data"):
-            history = json.loads((path.parent / "run.json").read_text())["history"]
+            history = json.loads((runs_dir / name / "run.json").read_text())["history"]
             curves += [{"run": name, **{k: v for k, v in h.items() if k != "phase"}} for h in history]
     figures = out_dir / "figures"
     figures.mkdir(parents=True, exist_ok=True)
-    for name, path, _ in sample_sets(teacher_dir, runs_dir):
-        (figures / f"{name}.png").write_bytes((path.parent / "samples.png").read_bytes())
+    for name, path, _ in sets:
+        (figures / f"{name}.png").write_bytes(path.with_suffix(".png").read_bytes())
     frame = pd.DataFrame(rows)
-    _figures(frame, pd.DataFrame(curves), teacher_dir, runs_dir, figures)
+    _figures(frame, pd.DataFrame(curves), sets, figures)
     tables.write_table(_table(frame), out_dir / "table",
                        f"{cfg.dataset}: one-step students vs the teacher's Heun sampler (FID on {n_fid} images)",
                        f"tab:{cfg.dataset}")
@@ -126,17 +129,16 @@ def evaluate_stage(cfg: DigitsConfig, params: dict, teacher_dir: Path, classifie
     return rows
 
 
-def _figures(frame: pd.DataFrame, curves: pd.DataFrame, teacher_dir: Path, runs_dir: Path, out: Path) -> None:
+def _figures(frame: pd.DataFrame, curves: pd.DataFrame, sets: list[tuple[str, Path, dict]], out: Path) -> None:
     """Sample grids side by side (teacher first) and the training curves of every run."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    sets = sample_sets(teacher_dir, runs_dir)
     fig, axes = plt.subplots(1, len(sets), figsize=(3 * len(sets), 3.3), squeeze=False)
     for ax, (name, path, _) in zip(axes[0], sets):
-        ax.imshow(plt.imread(path.parent / "samples.png"), cmap="gray")
+        ax.imshow(plt.imread(path.with_suffix(".png")), cmap="gray")
         row = frame[frame.run == name].iloc[0]
         ax.set_title(f"{name}\nNFE {row.nfe}, FID {row.fid:.1f}, cFD {row.classifier_fd:.2f}", fontsize=8)
         ax.axis("off")
