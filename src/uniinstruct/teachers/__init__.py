@@ -1,0 +1,1 @@
+"""Teacher checkpoints and reference files behind URLs: verified, resumable downloads (``teachers.download``)."""
