@@ -221,3 +221,24 @@ def test_sha256_file_streams_blocks(tmp_path):
     path = tmp_path / "big.bin"
     path.write_bytes(GOOD * 4)  # 1.2 MB: more than one 1 MiB block
     assert sha256_file(path) == hashlib.sha256(GOOD * 4).hexdigest()
+
+
+def test_fetch_pins_the_first_download_and_refuses_a_changed_file(httpd, tmp_path):
+    """Artifacts without a published hash are pinned on first use; a later, different file is rejected."""
+    from uniinstruct.teachers.registry import fetch, get
+
+    server, _ = httpd
+    url = f"http://127.0.0.1:{server.server_port}/tofu.bin"
+    ROUTES["/tofu.bin"] = ("range", GOOD)
+    artifact = Artifact("tofu", url, None)
+    first = fetch(artifact, tmp_path, progress=False)
+    record = (tmp_path / "tofu.bin.sha256.json")
+    assert first.sha256 == GOOD_SHA and GOOD_SHA in record.read_text()
+    (tmp_path / "tofu.bin").unlink()
+    ROUTES["/tofu.bin"] = ("range", CORRUPT)             # the server now serves other bytes
+    with pytest.raises(ChecksumError, match=GOOD_SHA):
+        fetch(artifact, tmp_path, progress=False)
+    assert not (tmp_path / "tofu.bin").exists() and not (tmp_path / "tofu.bin.part").exists()
+    assert get("inception-2015-12-05").sha256.startswith("f58cb9b6")
+    with pytest.raises(ValueError, match="unknown artifact 'edm'; valid: edm-cifar10-32x32-uncond-vp"):
+        get("edm")
