@@ -282,6 +282,23 @@ class _SplitUNet(nn.Module):
         return self.img_resolution >> (len(self.channel_mult) - 1)
 
 
+def _encoder_blocks(make, stem: nn.Module, img_resolution: int, model_channels: int, channel_mult: Sequence[int],
+                    num_blocks: int, attn_resolutions: Sequence[int]) -> tuple[nn.ModuleDict, int]:
+    """EDM's encoder layout: the stem at full resolution, then per level a downsampling block (from the second level)
+    and ``num_blocks`` blocks; returns the modules and the output channels."""
+    enc, cout = nn.ModuleDict(), stem.out_channels
+    for level, mult in enumerate(channel_mult):
+        res = img_resolution >> level
+        if level == 0:
+            enc[f"{res}x{res}_conv"] = stem
+        else:
+            enc[f"{res}x{res}_down"] = make(cout, cout, down=True)
+        for idx in range(num_blocks):
+            enc[f"{res}x{res}_block{idx}"] = make(cout, model_channels * mult, attention=res in attn_resolutions)
+            cout = model_channels * mult
+    return enc, cout
+
+
 def _decoder_blocks(net: _SplitUNet, make, skips: list[int], cout: int, num_blocks: int, attn_here) -> int:
     """Append EDM's decoder blocks for every level to ``net.dec``; returns the final width."""
     levels = len(net.channel_mult)
@@ -344,18 +361,8 @@ class SongUNet(_SplitUNet):
         self.map_layer1 = Linear(emb_channels, emb_channels, **init)
 
         # Encoder: a 3×3 stem at full resolution, then per level a downsampling block and num_blocks blocks.
-        self.enc = nn.ModuleDict()
-        cout = model_channels
-        for level, mult in enumerate(self.channel_mult):
-            res = img_resolution >> level
-            if level == 0:
-                self.enc[f"{res}x{res}_conv"] = Conv2d(in_channels, cout, 3, **init)
-            else:
-                self.enc[f"{res}x{res}_down"] = make(cout, cout, down=True)
-            for idx in range(num_blocks):
-                self.enc[f"{res}x{res}_block{idx}"] = make(cout, model_channels * mult,
-                                                            attention=res in attn_resolutions)
-                cout = model_channels * mult
+        self.enc, cout = _encoder_blocks(make, Conv2d(in_channels, model_channels, 3, **init), img_resolution,
+                                         model_channels, self.channel_mult, num_blocks, attn_resolutions)
         skips = [m.out_channels for m in self.enc.values()]
 
         # Decoder: two blocks at the bottleneck, then per level an upsampling block and num_blocks + 1 blocks that
@@ -414,18 +421,9 @@ class DhariwalUNet(_SplitUNet):
                                 init_weight=math.sqrt(label_dim)) if label_dim else None
 
         # Encoder.
-        self.enc = nn.ModuleDict()
-        cout = model_channels * self.channel_mult[0]
-        for level, mult in enumerate(self.channel_mult):
-            res = img_resolution >> level
-            if level == 0:
-                self.enc[f"{res}x{res}_conv"] = Conv2d(in_channels, cout, 3, **init)
-            else:
-                self.enc[f"{res}x{res}_down"] = make(cout, cout, down=True)
-            for idx in range(num_blocks):
-                self.enc[f"{res}x{res}_block{idx}"] = make(cout, model_channels * mult,
-                                                            attention=res in attn_resolutions)
-                cout = model_channels * mult
+        self.enc, cout = _encoder_blocks(make, Conv2d(in_channels, model_channels * self.channel_mult[0], 3, **init),
+                                         img_resolution, model_channels, self.channel_mult, num_blocks,
+                                         attn_resolutions)
         skips = [m.out_channels for m in self.enc.values()]
 
         # Decoder.
