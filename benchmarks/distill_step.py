@@ -1,0 +1,79 @@
+"""Time one full Uni-Instruct iteration (fake score + discriminator update, then generator update) at each paper
+profile's network size, on random data, in fp32 and bf16; print images/s and peak memory.
+
+    python benchmarks/distill_step.py                          # every profile, full size, on cuda if available
+    python benchmarks/distill_step.py --channels 32 --batch 4   # a reduced size for a CPU
+
+Full-size networks on a CPU take minutes per iteration: pass ``--channels`` to shrink ``model_channels`` and say so
+when you report the figures (the script prints the parameter count it measured).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import resource
+import time
+
+import torch
+
+from uniinstruct.networks import parameter_count
+from uniinstruct.networks.edm_unets import adm_imagenet64, ddpmpp_cifar10
+from uniinstruct.training.distill import DistillConfig, Distiller
+
+PROFILES = {   # name: (network factory, classes, image shape, batch per GPU in the released scripts)
+    "cifar10-uncond": (lambda **kw: ddpmpp_cifar10(label_dim=0, **kw), 0, (3, 32, 32), 128),
+    "cifar10-cond": (lambda **kw: ddpmpp_cifar10(label_dim=10, **kw), 10, (3, 32, 32), 32),
+    "imagenet64-cond": (lambda **kw: adm_imagenet64(label_dim=1000, **kw), 1000, (3, 64, 64), 8),
+}
+
+
+def measure(profile: str, precision: str, device: str, batch: int | None, channels: int | None, steps: int) -> dict:
+    factory, classes, shape, default_batch = PROFILES[profile]
+    batch = batch or default_batch
+    overrides = {"model_channels": channels} if channels else {}
+    torch.manual_seed(0)
+    teacher = factory(**overrides).eval().requires_grad_(False)
+    cfg = DistillConfig(divergence="jkl", batch=batch, iterations=steps + 1, warmup_fake_images=0,
+                        warmup_sim_images=0, device=device, precision=precision, ratio_n_dims=shape[0] * shape[1] * shape[2])
+    real = lambda n, gen: (torch.rand(n, *shape, generator=gen) * 2 - 1,   # noqa: E731
+                           torch.randint(max(classes, 1), (n,), generator=gen) if classes else None)
+    d = Distiller(cfg, teacher, copy.deepcopy(teacher).requires_grad_(True), copy.deepcopy(teacher).requires_grad_(True),
+                  real, 0.5, classes)
+    d.step()                                  # warm-up (allocations, kernels)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    for _ in range(steps):
+        d.step()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated() / 2**30
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20     # kB -> GiB (process peak)
+    seconds = (time.perf_counter() - start) / steps
+    return {"profile": profile, "precision": precision, "device": device, "parameters": parameter_count(teacher),
+            "batch": batch, "s_per_iteration": seconds, "images_per_s": batch / seconds, "peak_memory_gib": peak}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--profiles", nargs="+", default=list(PROFILES), choices=list(PROFILES))
+    parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--batch", type=int, default=None, help="images per iteration (default: the profile's per-GPU batch)")
+    parser.add_argument("--channels", type=int, default=None, help="model_channels (default: the profile's own)")
+    parser.add_argument("--steps", type=int, default=3, help="timed iterations")
+    args = parser.parse_args()
+    print(f"{'profile':16s} {'precision':9s} {'device':6s} {'params':>11s} {'batch':>5s} {'s/it':>8s} "
+          f"{'img/s':>8s} {'peak GiB':>8s}")
+    for profile in args.profiles:
+        for precision in args.precisions:
+            r = measure(profile, precision, args.device, args.batch, args.channels, args.steps)
+            print(f"{r['profile']:16s} {r['precision']:9s} {r['device']:6s} {r['parameters']:11,d} {r['batch']:5d} "
+                  f"{r['s_per_iteration']:8.3f} {r['images_per_s']:8.2f} {r['peak_memory_gib']:8.2f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
