@@ -7,6 +7,7 @@ Commands:
   toy           the 2-D toy tier's stages: teacher, distill, evaluate
   digits        the image tier's stages: teacher, classifier, distill, sample, evaluate
                 (distill over several processes: torchrun --standalone --nproc_per_node N -m uniinstruct.cli digits distill)
+  teacher       EDM teachers: convert a network pickle to a state_dict plus JSON without running its code
 """
 
 from __future__ import annotations
@@ -134,6 +135,19 @@ def cmd_digits(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_teacher(args: argparse.Namespace) -> int:
+    from uniinstruct.teachers.safe_pickle import convert
+
+    try:
+        info = convert(args.src, args.dst, key=args.key)
+    except ValueError as err:                   # UnsafePickleError included: a refused global, nothing written
+        print(f"uniinstruct: error: {err}", file=sys.stderr)
+        return 2
+    print(f"converted {args.src} [{args.key}] {info['class_name']} ({info['num_parameters']:,} parameters) "
+          f"-> {args.dst} + {Path(args.dst).with_suffix('.json')}")
+    return 0
+
+
 def _add_distill_flags(parser: argparse.ArgumentParser, section: str) -> None:
     parser.add_argument("--divergence", help=f"distill: override {section}.distill.divergence")
     parser.add_argument("--estimator", help=f"distill: override {section}.distill.estimator")
@@ -177,6 +191,14 @@ def build_parser() -> argparse.ArgumentParser:
     img.add_argument("--metrics", default="results/metrics/digits.json", help="evaluate: the DVC metrics summary")
     _add_distill_flags(img, "digits")
     img.set_defaults(func=cmd_digits)
+    teacher = sub.add_parser("teacher", help="EDM teachers: convert")
+    teacher_sub = teacher.add_subparsers(dest="action", required=True, metavar="ACTION")
+    conv = teacher_sub.add_parser("convert", help="EDM network pickle -> state_dict (.pt) + config (.json), "
+                                                  "through an allow-list: no code from the pickle runs")
+    conv.add_argument("src", help="EDM .pkl (e.g. edm-cifar10-32x32-cond-vp.pkl)")
+    conv.add_argument("dst", help="the state_dict to write (its config goes next to it, suffix .json)")
+    conv.add_argument("--key", default="ema", help="which entry of the pickle's dict (default: ema)")
+    conv.set_defaults(func=cmd_teacher)
     return parser
 
 
