@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import tarfile
@@ -23,19 +22,12 @@ import PIL.Image
 import torch
 from torch import Tensor
 
+from uniinstruct.teachers.download import file_digest
 from uniinstruct.teachers.safe_pickle import NUMPY_GLOBALS, restricted_load
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
 _BATCHES = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
-
-
-def _md5(path: Path) -> str:
-    digest = hashlib.md5()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _field(batch: dict, key: str, where: str) -> Any:
@@ -77,7 +69,7 @@ def load_cifar10(tarball: str | Path, split: str = "train", check_md5: bool = Tr
         raise ValueError(f"unknown CIFAR-10 split {split!r}; valid: {', '.join(_BATCHES)}")
     if not tarball.is_file():
         raise FileNotFoundError(f"CIFAR-10 tarball {tarball} not found (download {CIFAR10_URL})")
-    if check_md5 and (actual := _md5(tarball)) != CIFAR10_MD5:
+    if check_md5 and (actual := file_digest(tarball, "md5")) != CIFAR10_MD5:
         raise ValueError(f"{tarball}: md5 {actual} does not match the official cifar-10-python.tar.gz's "
                          f"{CIFAR10_MD5} (a corrupt or different file; check_md5=False skips the check)")
     try:

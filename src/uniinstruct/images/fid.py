@@ -16,7 +16,6 @@ torchvision::nms does not exist``); :func:`import_torchvision` works around exac
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import os
 import sys
@@ -27,6 +26,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
+
+from uniinstruct.teachers.download import sha256_file
 
 OFFICIAL_NAME = "inception-2015-12-05.pt"
 OFFICIAL_SHA256 = "f58cb9b6ec323ed63459aa4fb441fe750cfe39fafad6da5cb504a16f19e958f4"
@@ -49,14 +50,6 @@ def import_torchvision():
             import_torchvision.library.define(f"{op}(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
         import torchvision
     return torchvision
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -95,7 +88,7 @@ def find_weights(source: str = "auto") -> InceptionWeights:
 def _checked(path: Path, expected: str, kind: str) -> InceptionWeights:
     if not path.is_file():
         raise FileNotFoundError(f"FID-Inception weights {path} not found")
-    actual = sha256(path)
+    actual = sha256_file(path)
     if actual != expected:
         raise ValueError(f"{path} has sha256 {actual}, expected {expected} ({kind} FID-Inception); "
                          "remove the file or replace it with the right one")

@@ -29,7 +29,6 @@ from pathlib import Path
 import requests
 from tqdm.auto import tqdm
 
-_BLOCK = 1 << 20
 _BACKOFF_S = 0.5
 
 
@@ -69,13 +68,15 @@ class _Transient(Exception):
 _RETRYABLE = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError, _Transient)
 
 
-def sha256_file(path: Path) -> str:
-    """The hex sha256 of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
+def file_digest(path: Path, algorithm: str = "sha256") -> str:
+    """The hex digest of a file (streamed by ``hashlib.file_digest``)."""
     with open(path, "rb") as f:
-        while block := f.read(_BLOCK):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, algorithm).hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    """The hex sha256 of a file."""
+    return file_digest(path, "sha256")
 
 
 def _fsync(path: Path) -> None:

@@ -35,6 +35,7 @@ from typing import IO, Any, Callable, Iterator, Mapping
 import numpy as np
 import torch
 
+from uniinstruct.teachers.download import sha256_file
 from uniinstruct.training.checkpoint import save_atomic
 
 
@@ -349,14 +350,6 @@ def _class_names(obj: Stub) -> Iterator[str]:
             yield from _class_names(child)
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _write_text_atomic(path: Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -384,7 +377,7 @@ def convert(src: str | Path, dst: str | Path, key: str = "ema") -> dict[str, Any
     if not isinstance(net, PersistentStub):
         raise ValueError(f"{src}: {key!r} is a {type(net).__name__}, not an EDM persistent network")
     tensors = list(_walk(net, ""))
-    info = {"source": src.name, "source_sha256": _sha256(src), "key": key, "class_name": net.class_name,
+    info = {"source": src.name, "source_sha256": sha256_file(src), "key": key, "class_name": net.class_name,
             "class_names": sorted(set(_class_names(net))),
             "num_parameters": sum(t.numel() for _, t, is_param in tensors if is_param),
             "num_tensors": len(tensors), "config": extract_config(net)}
