@@ -1,5 +1,8 @@
 """Shared test helpers."""
 
+import copy
+import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -24,3 +27,43 @@ def tiny_toy_params(tmp_path):
         return path
 
     return write
+
+
+MODULE_SRC = "# stand-in for training/networks.py\n"
+
+
+@pytest.fixture
+def edm_persistence():
+    """A fake ``torch_utils.persistence`` for pickling look-alikes of EDM networks; removed before any loading."""
+    package, module = types.ModuleType("torch_utils"), types.ModuleType("torch_utils.persistence")
+
+    def _reconstruct_persistent_obj(meta):
+        raise AssertionError("the converter must never call EDM's reconstruct function")
+
+    _reconstruct_persistent_obj.__module__ = module.__name__
+    _reconstruct_persistent_obj.__qualname__ = "_reconstruct_persistent_obj"
+    module._reconstruct_persistent_obj = _reconstruct_persistent_obj
+    package.persistence = module
+
+    classes = {}
+
+    def persist(obj, module_src=MODULE_SRC, **init_kwargs):
+        """Make ``obj`` pickle like an EDM ``persistent_class`` instance: (reconstruct, (meta,)) with its __dict__."""
+        cls = type(obj)
+        if (cls, module_src) not in classes:
+            def __reduce__(self):
+                meta = dict(type="class", version=6, module_src=module_src, class_name=cls.__name__,
+                            state=super(persistent, self).__reduce__()[2])
+                return _reconstruct_persistent_obj, (meta,)
+
+            persistent = type(cls.__name__, (cls,), {"__reduce__": __reduce__})
+            classes[cls, module_src] = persistent
+        obj.__class__ = classes[cls, module_src]
+        obj._init_args, obj._init_kwargs = (), copy.deepcopy(init_kwargs)
+        return obj
+
+    sys.modules.update({"torch_utils": package, "torch_utils.persistence": module})
+    try:
+        yield persist
+    finally:
+        del sys.modules["torch_utils"], sys.modules["torch_utils.persistence"]

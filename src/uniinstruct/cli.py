@@ -7,7 +7,8 @@ Commands:
   toy           the 2-D toy tier's stages: teacher, distill, evaluate
   digits        the image tier's stages: teacher, classifier, distill, sample, evaluate
                 (distill over several processes: torchrun --standalone --nproc_per_node N -m uniinstruct.cli digits distill)
-  teacher       EDM teachers: convert a network pickle to a state_dict plus JSON without running its code
+  teacher       EDM teachers: prepare PROFILE (download, convert, strict load) | convert SRC DST (a network pickle
+                to a state_dict plus JSON without running its code)
 """
 
 from __future__ import annotations
@@ -136,8 +137,18 @@ def cmd_digits(args: argparse.Namespace) -> int:
 
 
 def cmd_teacher(args: argparse.Namespace) -> int:
+    from uniinstruct.teachers.download import DownloadError
+    from uniinstruct.teachers.prepare import prepare_teacher
     from uniinstruct.teachers.safe_pickle import convert
 
+    if args.action == "prepare":
+        try:
+            net, record = prepare_teacher(args.profile, Path(args.dir))
+        except (ValueError, DownloadError) as err:
+            print(f"uniinstruct: error: {err}", file=sys.stderr)
+            return 2
+        print(json.dumps({k: v for k, v in record.items() if k != "config"}, indent=2))
+        return 0
     try:
         info = convert(args.src, args.dst, key=args.key)
     except ValueError as err:                   # UnsafePickleError included: a refused global, nothing written
@@ -191,8 +202,13 @@ def build_parser() -> argparse.ArgumentParser:
     img.add_argument("--metrics", default="results/metrics/digits.json", help="evaluate: the DVC metrics summary")
     _add_distill_flags(img, "digits")
     img.set_defaults(func=cmd_digits)
-    teacher = sub.add_parser("teacher", help="EDM teachers: convert")
+    teacher = sub.add_parser("teacher", help="EDM teachers: prepare | convert")
     teacher_sub = teacher.add_subparsers(dest="action", required=True, metavar="ACTION")
+    prep = teacher_sub.add_parser("prepare", help="download a profile's EDM teacher (sha256 pinned), convert it safely "
+                                                  "and check that it loads strictly")
+    prep.add_argument("profile", help="cifar10-uncond | cifar10-cond | imagenet64-cond")
+    prep.add_argument("--dir", default="teachers", help="download and conversion folder (default: teachers)")
+    prep.set_defaults(func=cmd_teacher)
     conv = teacher_sub.add_parser("convert", help="EDM network pickle -> state_dict (.pt) + config (.json), "
                                                   "through an allow-list: no code from the pickle runs")
     conv.add_argument("src", help="EDM .pkl (e.g. edm-cifar10-32x32-cond-vp.pkl)")
