@@ -1,11 +1,16 @@
 """Shared test helpers."""
 
 import copy
+import functools
+import pickle
 import sys
+import threading
 import types
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,3 +72,26 @@ def edm_persistence():
         yield persist
     finally:
         del sys.modules["torch_utils"], sys.modules["torch_utils.persistence"]
+
+
+@pytest.fixture
+def served(tmp_path):
+    """A static file server on a free loopback port for ``tmp_path / 'www'``."""
+    root = tmp_path / "www"
+    root.mkdir()
+    quiet = type("Quiet", (SimpleHTTPRequestHandler,), {"log_message": lambda *args: None})
+    handler = functools.partial(quiet, directory=str(root))
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield root, f"http://127.0.0.1:{httpd.server_port}"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def edm_pickle(net: torch.nn.Module, persist) -> bytes:
+    """Pickle ``net`` as EDM does: every module of ours as a persistent object (torch containers stay plain)."""
+    for module in net.modules():
+        if type(module).__module__.startswith("uniinstruct"):
+            persist(module)
+    return pickle.dumps({"ema": net, "loss_fn": None, "augment_pipe": None, "dataset_kwargs": {}}, protocol=4)

@@ -1,45 +1,18 @@
 """The paper tier's teacher stage end to end on tiny networks: an EDM-format pickle of each profile's architecture,
 served over HTTP on 127.0.0.1, downloaded, converted without running its code, and loaded with strict=True."""
 
-import functools
-import pickle
 import sys
-import threading
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import torch
+from conftest import edm_pickle
 
-from uniinstruct.networks.edm_unets import EDMPrecondNet
 from uniinstruct.teachers.download import Artifact
 from uniinstruct.teachers.prepare import TEACHERS, load_strict, prepare_teacher
 
 torch.set_num_threads(1)
 TINY = {"cifar10-uncond": dict(model_channels=16, num_blocks=1), "cifar10-cond": dict(model_channels=16, num_blocks=1),
         "imagenet64-cond": dict(model_channels=16, num_blocks=1, channel_mult=[1, 2], attn_resolutions=[32])}
-
-
-@pytest.fixture
-def served(tmp_path):
-    """A static file server on a free loopback port for ``tmp_path / 'www'``."""
-    root = tmp_path / "www"
-    root.mkdir()
-    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(root))
-    handler.log_message = lambda *args: None
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield root, f"http://127.0.0.1:{httpd.server_port}"
-    httpd.shutdown()
-    httpd.server_close()
-
-
-def edm_pickle(net: EDMPrecondNet, persist) -> bytes:
-    """Pickle ``net`` as EDM does: every module of ours as a persistent object (torch containers stay plain)."""
-    for module in net.modules():
-        if type(module).__module__.startswith("uniinstruct"):
-            persist(module)
-    return pickle.dumps({"ema": net, "loss_fn": None, "augment_pipe": None, "dataset_kwargs": {}}, protocol=4)
 
 
 @pytest.mark.parametrize("profile", list(TEACHERS))

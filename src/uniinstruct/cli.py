@@ -7,6 +7,8 @@ Commands:
   toy           the 2-D toy tier's stages: teacher, distill, evaluate
   digits        the image tier's stages: teacher, classifier, distill, sample, evaluate
                 (distill over several processes: torchrun --standalone --nproc_per_node N -m uniinstruct.cli digits distill)
+  paper         the paper tier (GPUs): teacher | distill | fid --profile cifar10-uncond|cifar10-cond|imagenet64-cond
+                (distill over N GPUs: torchrun --standalone --nproc_per_node N -m uniinstruct.cli paper distill --profile P)
   teacher       EDM teachers: prepare PROFILE (download, convert, strict load) | convert SRC DST (a network pickle
                 to a state_dict plus JSON without running its code)
 """
@@ -159,6 +161,23 @@ def cmd_teacher(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_paper(args: argparse.Namespace) -> int:
+    from uniinstruct.pipelines import paper
+
+    cfg = load_section(paper.PaperConfig, "paper", args.params)
+    profile, progress = cfg.profile(args.profile), not args.quiet
+    if args.stage == "teacher":
+        print(json.dumps(paper.teacher_stage(cfg, profile, progress), indent=2))
+    elif args.stage == "distill":
+        record = paper.distill_stage(cfg, profile, progress)
+        if record:
+            print(f"{profile.name}: {record['status']} after {profile.distill.iterations} iterations")
+    else:
+        result = paper.fid_stage(cfg, profile, Path(args.reference) if args.reference else None, progress)
+        print(json.dumps({k: result[k] for k in ("fids", "min", "mean", "std")}, indent=2))
+    return 0
+
+
 def _add_distill_flags(parser: argparse.ArgumentParser, section: str) -> None:
     parser.add_argument("--divergence", help=f"distill: override {section}.distill.divergence")
     parser.add_argument("--estimator", help=f"distill: override {section}.distill.estimator")
@@ -202,6 +221,13 @@ def build_parser() -> argparse.ArgumentParser:
     img.add_argument("--metrics", default="results/metrics/digits.json", help="evaluate: the DVC metrics summary")
     _add_distill_flags(img, "digits")
     img.set_defaults(func=cmd_digits)
+    pap = sub.add_parser("paper", help="paper tier (params section: paper): teacher | distill | fid")
+    pap.add_argument("stage", choices=["teacher", "distill", "fid"])
+    pap.add_argument("--profile", required=True, help="cifar10-uncond | cifar10-cond | imagenet64-cond")
+    pap.add_argument("--params", default="params.yaml", help="parameter file (section: paper)")
+    pap.add_argument("--reference", default=None, help="fid: EDM reference .npz (default: download it)")
+    pap.add_argument("--quiet", action="store_true", help="no progress bars")
+    pap.set_defaults(func=cmd_paper)
     teacher = sub.add_parser("teacher", help="EDM teachers: prepare | convert")
     teacher_sub = teacher.add_subparsers(dest="action", required=True, metavar="ACTION")
     prep = teacher_sub.add_parser("prepare", help="download a profile's EDM teacher (sha256 pinned), convert it safely "
@@ -222,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError) as err:      # ConfigError is a ValueError
         print(f"uniinstruct: error: {err}", file=sys.stderr)
         return 2
 

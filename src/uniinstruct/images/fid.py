@@ -96,12 +96,15 @@ def _checked(path: Path, expected: str, kind: str) -> InceptionWeights:
 
 
 class InceptionFeatures(nn.Module):
-    """clean-fid's use of the FID-Inception TorchScript: ``layers((x − 128)/128)`` on 299×299 RGB in [0, 255]."""
+    """clean-fid's use of the FID-Inception TorchScript: ``layers((x − 128)/128)`` on 299×299 RGB in [0, 255].
+
+    :meth:`native` is the EDM protocol instead (EDM's ``fid.py``, clean-fid's "legacy_tensorflow" mode): images at
+    their own resolution, resized inside the network; only the official file has that entry point."""
 
     def __init__(self, weights: InceptionWeights):
         super().__init__()
-        base = torch.jit.load(str(weights.path), map_location="cpu").eval()
-        self.layers = base.layers if hasattr(base, "layers") else base.net.layers   # official | packaged
+        self.base = torch.jit.load(str(weights.path), map_location="cpu").eval()
+        self.layers = self.base.layers if hasattr(self.base, "layers") else self.base.net.layers   # official | packaged
         self.weights = weights
 
     @torch.no_grad()
@@ -109,6 +112,14 @@ class InceptionFeatures(nn.Module):
         if x.shape[1:] != (3, 299, 299):
             raise ValueError(f"expected [B, 3, 299, 299] images, got {tuple(x.shape)}")
         return self.layers((x - 128) / 128).reshape(len(x), 2048)
+
+    @torch.no_grad()
+    def native(self, x: Tensor) -> Tensor:
+        """Features of uint8-valued RGB images of any size, resized inside the network (official file only)."""
+        if self.weights.kind != "official":
+            raise ValueError("the EDM protocol needs the official inception-2015-12-05.pt (it resizes inside the "
+                             f"network); these weights are {self.weights.kind}")
+        return self.base(x.float(), return_features=True).reshape(len(x), 2048)
 
 
 def clean_resize(images: Tensor) -> Tensor:
@@ -132,9 +143,13 @@ def inception_features(images: Tensor, model: InceptionFeatures, batch: int = 50
 
 def frechet_distance(feats_a: np.ndarray, feats_b: np.ndarray) -> float:
     """clean-fid's Fréchet distance between Gaussians fitted to two feature sets."""
+    return frechet_from_stats(feats_a.mean(0), np.cov(feats_a, rowvar=False), feats_b.mean(0),
+                              np.cov(feats_b, rowvar=False))
+
+
+def frechet_from_stats(mu_a: np.ndarray, cov_a: np.ndarray, mu_b: np.ndarray, cov_b: np.ndarray) -> float:
+    """clean-fid's Fréchet distance ‖μ_a − μ_b‖² + tr(Σ_a + Σ_b − 2(Σ_a Σ_b)^½)."""
     import_torchvision()
     from cleanfid.fid import frechet_distance as fd
 
-    mu_a, mu_b = feats_a.mean(0), feats_b.mean(0)
-    cov_a, cov_b = np.cov(feats_a, rowvar=False), np.cov(feats_b, rowvar=False)
     return float(fd(mu_a, cov_a, mu_b, cov_b))

@@ -28,7 +28,7 @@ from uniinstruct.images.data import ImageDataset, load, one_hot, save_grid
 from uniinstruct.networks import EDMPrecond, UNet, parameter_count
 from uniinstruct.sampling import heun_nfe, heun_sampler
 from uniinstruct.training import checkpoint, ddp
-from uniinstruct.training.distill import DistillConfig, Distiller, schedule_summary
+from uniinstruct.training.distill import DistillConfig, Distiller, train_and_record
 
 
 @dataclass
@@ -205,18 +205,7 @@ def distill_stage(cfg: DigitsConfig, dcfg: DistillConfig, params: dict, run_dir:
     ddp.init_from_env(dcfg.device)
     data = load_dataset(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
-    distiller = build_distiller(cfg, dcfg, data, teacher_dir)
-    status = {"status": "ok"}
-    try:
-        distiller.train(run_dir, progress)
-    except FloatingPointError as err:
-        status = {"status": "diverged", "diverged_at": distiller.iteration, "error": str(err)}
-    if not ddp.is_main():
-        return None
-    record = {"config": asdict(dcfg), **status, "schedule": schedule_summary(dcfg), "world_size": ddp.world()[1],
-              "history": distiller.history}
-    provenance.write_json(run_dir / "run.json", {**record, "provenance": provenance.record(params, started)})
-    return record
+    return train_and_record(build_distiller(cfg, dcfg, data, teacher_dir), run_dir, params, started, progress)
 
 
 # ---------------------------------------------------------------------------- sample stage

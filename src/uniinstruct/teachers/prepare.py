@@ -3,7 +3,7 @@
     fetch (sha256 pinned, resumable, atomic) -> convert (allow-list unpickler -> state_dict + JSON)
     -> EDMPrecondNet of the profile's architecture -> load_state_dict(strict=True)
 
-The conversion is skipped when ``<name>.pt`` and its JSON exist and the JSON names the downloaded file's sha256.
+The converted teacher is ``<folder>/<profile>.pt`` plus its JSON; the conversion is skipped when both exist and the JSON names the downloaded file's sha256.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ def prepare_teacher(profile: str, folder: Path, artifact: Artifact | None = None
     folder, s = Path(folder), spec(profile)
     artifact = artifact or registry.get(s.artifact)
     fetched = registry.fetch(artifact, folder, progress)
-    state_path = folder / f"{artifact.name}.pt"
+    state_path = folder / f"{profile}.pt"
     record_path = state_path.with_suffix(".json")
     record = json.loads(record_path.read_text()) if record_path.exists() and state_path.exists() else None
     if record is None or record["source_sha256"] != fetched.sha256:

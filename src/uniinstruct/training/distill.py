@@ -28,7 +28,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from uniinstruct import divergences, losses, methods
+from uniinstruct import divergences, losses, methods, provenance
 from uniinstruct.config import positive
 from uniinstruct.training import checkpoint, ddp
 
@@ -320,6 +320,23 @@ class Distiller:
             bar.update(1)
         bar.close()
         return self.history
+
+
+def train_and_record(distiller: Distiller, run_dir: Path, params: dict, started: float,
+                     progress: bool = True) -> dict | None:
+    """Train to ``cfg.iterations`` (resuming), then write ``run_dir/run.json`` from the first process: status
+    (``ok``, or ``diverged`` with the iteration: a result, not a crash), schedule, history and provenance."""
+    status = {"status": "ok"}
+    try:
+        distiller.train(run_dir, progress)
+    except FloatingPointError as err:
+        status = {"status": "diverged", "diverged_at": distiller.iteration, "error": str(err)}
+    if not ddp.is_main():
+        return None
+    record = {"config": asdict(distiller.cfg), **status, "schedule": schedule_summary(distiller.cfg),
+              "world_size": ddp.world()[1], "history": distiller.history}
+    provenance.write_json(Path(run_dir) / "run.json", {**record, "provenance": provenance.record(params, started)})
+    return record
 
 
 def schedule_summary(cfg: DistillConfig) -> dict[str, int]:
