@@ -55,9 +55,9 @@ def test_profile_end_to_end(name, tmp_path, served, edm_persistence, monkeypatch
     data = synthetic_data(name, tmp_path)
     monkeypatch.setattr(cifar, "CIFAR10_MD5", hashlib.md5(open(data, "rb").read()).hexdigest())
     profile = replace(profile, data=data,
-                      distill=replace(profile.distill, batch=4, iterations=2, warmup_fake_images=4, warmup_sim_images=4,
-                                      checkpoint_every=1, log_every=1, device="cpu", precision="fp32",
-                                      ema_halflife_images=16.0),
+                      distill=replace(profile.distill, batch=4, batch_gpu=2, iterations=2, warmup_fake_images=4,
+                                      warmup_sim_images=4, checkpoint_every=1, log_every=1, device="cpu",
+                                      precision="fp32", ema_halflife_images=16.0),
                       fid=replace(profile.fid, num_images=4, seed_blocks=[0, 4, 8], inception="packaged", batch=4))
     root, base = served
     torch.manual_seed(0)

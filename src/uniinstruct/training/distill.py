@@ -48,7 +48,8 @@ class DistillConfig:
     ratio_n_dims: int = 3072           # C·H·W in the released ratio's formula (3072 = CIFAR-10)
     use_gan: bool = True               # GAN term for the generator and BCE for the discriminator head
     iterations: int = 1500             # generator/fake-score iterations
-    batch: int = 256                   # samples per iteration
+    batch: int = 256                   # samples per iteration (over all processes)
+    batch_gpu: int = 0                 # samples per forward pass and process (gradient accumulation); 0 = all at once
     warmup_fake_images: int = 25_600   # no generator step before this many images
     warmup_sim_images: int = 51_200    # RKL (pure SIM) generator loss before this many images
     sigma_init: float = 2.5            # the generator is G(σ_init z; σ_init)
@@ -76,7 +77,8 @@ class DistillConfig:
     precision: str = "fp32"            # fp32 | bf16: autocast of the network passes (losses stay fp32)
 
     def check(self):
-        problems = positive(iterations=self.iterations, batch=self.batch, sigma_init=self.sigma_init,
+        problems = [("batch_gpu", f"must be ≥ 0, got {self.batch_gpu}")] if self.batch_gpu < 0 else []
+        problems += positive(iterations=self.iterations, batch=self.batch, sigma_init=self.sigma_init,
                             tmax=self.tmax, lr=self.lr, glr=self.glr, checkpoint_every=self.checkpoint_every,
                             log_every=self.log_every, ema_halflife_images=self.ema_halflife_images)
         try:
@@ -127,6 +129,10 @@ class Distiller:
         self.autocast = PRECISIONS[cfg.precision]
         if cfg.batch % ddp.world()[1]:
             raise ValueError(f"batch {cfg.batch} does not split over {ddp.world()[1]} processes")
+        local = cfg.batch // ddp.world()[1]
+        if cfg.batch_gpu and local % cfg.batch_gpu:
+            raise ValueError(f"batch_gpu {cfg.batch_gpu} does not divide the {local} samples of each process")
+        self.rounds = local // cfg.batch_gpu if cfg.batch_gpu else 1   # gradient accumulation rounds
         self.rng = torch.Generator().manual_seed(cfg.seed)
         self.opt_fake = torch.optim.Adam(fake.parameters(), lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.adam_eps)
         self.opt_g = torch.optim.Adam(generator.parameters(), lr=cfg.glr, betas=tuple(cfg.betas), eps=cfg.adam_eps)
@@ -172,26 +178,34 @@ class Distiller:
         return "divergence"
 
     # ------------------------------------------------------------------ updates
+    def _split(self, *tensors: Tensor | None):
+        """This process's batch in ``self.rounds`` equal slices (gradient accumulation); None stays None."""
+        for r in range(self.rounds):
+            yield [t if t is None else t.chunk(self.rounds)[r] for t in tensors]
+
     def fake_step(self) -> dict[str, float]:
         cfg, b = self.cfg, self.cfg.batch
         z = self._randn(b, *self._shape)
         c_g = self._labels(b)
-        with torch.no_grad():
-            x_g = self.generate(z, labels=c_g)
         x_real, c_real = self._real(b)
         sigma = torch.exp(self._randn(b) * cfg.p_std + cfg.p_mean)
         noise = self._randn(b, *self._shape) * sigma.reshape(-1, *([1] * len(self._shape)))
-        y_fake, logit_fake = self.net(self.fake, x_g + noise, sigma, c_g, return_logits=True)
-        loss_score = losses.fake_score_loss(y_fake, x_g, sigma, self.sigma_data).mean()
-        loss = cfg.ls * loss_score
-        logs = {"fake_score": ddp.mean(loss_score).item()}
-        if cfg.use_gan:
-            _, logit_real = self.net(self.fake, x_real + noise, sigma, c_real, return_logits=True)
-            loss_disc = (losses.edm_weight(sigma, self.sigma_data)
-                         * losses.discriminator_loss(logit_real, logit_fake)).mean()
-            loss = loss + cfg.lsd * loss_disc
-            logs["discriminator"] = ddp.mean(loss_disc).item()
-        self._backward(loss, self.fake, self.opt_fake, "fake-score loss")
+        self.opt_fake.zero_grad(set_to_none=True)
+        logs: dict[str, float] = {}
+        for z_r, c_r, x_real_r, c_real_r, sigma_r, noise_r in self._split(z, c_g, x_real, c_real, sigma, noise):
+            with torch.no_grad():
+                x_g = self.generate(z_r, labels=c_r)
+            y_fake, logit_fake = self.net(self.fake, x_g + noise_r, sigma_r, c_r, return_logits=True)
+            loss_score = losses.fake_score_loss(y_fake, x_g, sigma_r, self.sigma_data).mean()
+            loss = cfg.ls * loss_score
+            terms = {"fake_score": loss_score}
+            if cfg.use_gan:
+                _, logit_real = self.net(self.fake, x_real_r + noise_r, sigma_r, c_real_r, return_logits=True)
+                terms["discriminator"] = (losses.edm_weight(sigma_r, self.sigma_data)
+                                          * losses.discriminator_loss(logit_real, logit_fake)).mean()
+                loss = loss + cfg.lsd * terms["discriminator"]
+            self._accumulate(loss, logs, terms, "fake-score loss")
+        self._reduce_gradients(self.fake)
         if cfg.use_gan:
             nn.utils.clip_grad_value_(self.fake.parameters(), cfg.grad_clip)
         self.opt_fake.step()
@@ -202,13 +216,11 @@ class Distiller:
             return losses.ratio_from_logit(logit, tuple(self.cfg.ratio_clip))
         return losses.released_code_ratio(logit, losses.sid_weight_factor(x_g, y_real), self.cfg.ratio_n_dims)
 
-    def generator_loss(self, phase: str) -> tuple[Tensor, dict[str, float]]:
-        cfg, b = self.cfg, self.cfg.batch
-        z = self._randn(b, *self._shape)
-        c_g = self._labels(b)
+    def generator_loss(self, phase: str, z: Tensor, c_g: Tensor | None, sigma: Tensor,
+                       eps: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """The generator's loss on one slice of the batch, and its terms (for the logs)."""
+        cfg = self.cfg
         x_g = self.generate(z, labels=c_g)
-        sigma = generator_sigma(ddp.shard(torch.rand(b, generator=self.rng)).to(self.device) * cfg.tmax / 1000, cfg)
-        eps = self._randn(b, *self._shape)
         x_t = x_g + sigma.reshape(-1, *([1] * len(self._shape))) * eps
         y_real = self.net(self.teacher, x_t, sigma, c_g)
         self.fake.requires_grad_(False)
@@ -228,28 +240,41 @@ class Distiller:
             weight = sigma**4 / w_f if cfg.estimator == "exact" else 1.0     # denoiser units, SiD-normalised
             core = losses.generator_loss(div, y_real, y_fake, x_g, x_t, sigma, ratio, cfg.estimator, weight)
             gan = cfg.use_gan and phase == "divergence"
-        loss = cfg.lsg * core.mean()
-        logs = {"generator": ddp.mean(core.mean()).item()}
+        terms = {"generator": core.mean()}
+        loss = cfg.lsg * terms["generator"]
         if gan:
-            loss_gan = losses.generator_gan_loss(logit).mean()
-            loss = loss + cfg.lsg_gan * loss_gan
-            logs["generator_gan"] = ddp.mean(loss_gan).item()
-        return loss, logs
+            terms["generator_gan"] = losses.generator_gan_loss(logit).mean()
+            loss = loss + cfg.lsg_gan * terms["generator_gan"]
+        return loss, terms
 
     def generator_step(self, phase: str) -> dict[str, float]:
-        loss, logs = self.generator_loss(phase)
-        grads = self._backward(loss, self.G, self.opt_g, "generator loss")
+        cfg, b = self.cfg, self.cfg.batch
+        z = self._randn(b, *self._shape)
+        c_g = self._labels(b)
+        sigma = generator_sigma(ddp.shard(torch.rand(b, generator=self.rng)).to(self.device) * cfg.tmax / 1000, cfg)
+        eps = self._randn(b, *self._shape)
+        self.opt_g.zero_grad(set_to_none=True)
+        logs: dict[str, float] = {}
+        for args in self._split(z, c_g, sigma, eps):
+            loss, terms = self.generator_loss(phase, *args)
+            self._accumulate(loss, logs, terms, "generator loss")
+        grads = self._reduce_gradients(self.G)
         # finite gradients whose squares overflow Adam's moments show up as an infinite norm
         self._guard(nn.utils.get_total_norm(grads), "generator gradient norm")
         self.opt_g.step()
         return logs
 
-    def _backward(self, loss: Tensor, net: nn.Module, opt: torch.optim.Optimizer, what: str) -> list[Tensor]:
-        """Guard the loss, backpropagate, average over processes, and zero non-finite gradient entries (as the
-        released code does). The guard sees the loss summed over processes, so every process stops together."""
+    def _accumulate(self, loss: Tensor, logs: dict[str, float], terms: dict[str, Tensor], what: str) -> None:
+        """Guard one round's loss, backpropagate its share, and add its terms to the logs (means over processes
+        and rounds). The guard sees the loss averaged over processes, so every process stops together."""
         self._guard(ddp.mean(loss), what)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss / self.rounds).backward()
+        for key, value in terms.items():
+            logs[key] = logs.get(key, 0.0) + ddp.mean(value).item() / self.rounds
+
+    def _reduce_gradients(self, net: nn.Module) -> list[Tensor]:
+        """Average the accumulated gradients over processes and zero non-finite entries (as the released code
+        does)."""
         ddp.average_gradients(list(net.parameters()))
         grads = [p.grad for p in net.parameters() if p.grad is not None]
         for g in grads:
