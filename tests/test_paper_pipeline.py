@@ -119,3 +119,12 @@ def test_reference_stats_are_checked(tmp_path):
     np.savez(tmp_path / "shape.npz", mu=np.zeros(3), sigma=np.eye(4))
     with pytest.raises(ValueError, match="do not match"):
         reference_stats(tmp_path / "shape.npz")
+
+
+def test_augmentation_is_refused_until_implemented():
+    from uniinstruct.config import ConfigError
+
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())["paper"]
+    params["profiles"][0]["augment_p"] = 0.12
+    with pytest.raises(ConfigError, match=r"profiles\[0\]\.augment_p: EDM's augmentation pipeline is not implemented"):
+        from_dict(paper.PaperConfig, params, "paper")
