@@ -9,7 +9,7 @@ BIN    := $(abspath $(VENV))/bin
 export OMP_NUM_THREADS ?= 1
 export PATH := $(BIN):$(PATH)
 
-.PHONY: repro test env clean-env
+.PHONY: repro test env clean-env paper
 
 env: $(VENV)/.installed
 
@@ -28,3 +28,9 @@ test: env
 
 clean-env:
 	rm -rf $(VENV)
+
+# The LaTeX report (paper/main.tex) from the pipeline's results; needs latexmk and pdflatex, not part of CI.
+paper: paper/main.pdf
+paper/main.pdf: paper/main.tex $(wildcard results/*/*.tex results/*/figures/*.png)
+	@command -v latexmk >/dev/null || { echo "make paper needs latexmk and pdflatex (e.g. apt-get install latexmk texlive-latex-extra)"; exit 1; }
+	cd paper && latexmk -pdf -interaction=nonstopmode -halt-on-error main.tex

@@ -17,6 +17,7 @@ from conftest import ROOT, edm_pickle
 from PIL import Image
 from test_cifar import cifar_members, make_tarball
 
+from uniinstruct import reports
 from uniinstruct.config import from_dict
 from uniinstruct.images import cifar
 from uniinstruct.pipelines import paper
@@ -50,7 +51,8 @@ def synthetic_data(profile: str, folder) -> str:
 @pytest.mark.parametrize("name", list(TEACHERS))
 def test_profile_end_to_end(name, tmp_path, served, edm_persistence, monkeypatch):
     params = yaml.safe_load((ROOT / "params.yaml").read_text())["paper"]
-    cfg = from_dict(paper.PaperConfig, {**params, "folder": str(tmp_path / "runs")}, "paper")
+    cfg = from_dict(paper.PaperConfig, {**params, "folder": str(tmp_path / "runs"),
+                                                "results": str(tmp_path / "results")}, "paper")
     profile = cfg.profile(name)
     data = synthetic_data(name, tmp_path)
     monkeypatch.setattr(cifar, "CIFAR10_MD5", hashlib.md5(open(data, "rb").read()).hexdigest())
@@ -84,6 +86,11 @@ def test_profile_end_to_end(name, tmp_path, served, edm_persistence, monkeypatch
     assert result["protocol"]["name"].startswith("proxy") and result["iteration"] == 3
     saved = json.loads((tmp_path / "runs" / name / "fid.json").read_text())
     assert saved["protocol"]["inception"]["sha256"] and saved["provenance"]["params"]["name"] == name
+    assert json.loads((tmp_path / "results" / f"{name}-jkl.json").read_text()) == saved   # what the tables read
+    assert saved["images_seen"] == 3 * 4 and saved["images_target"] == 2 * 4 and saved["divergence"] == "jkl"
+    table = reports.result_table(name, tmp_path / "results").set_index("model")    # the table notebooks' reader
+    ours = table.loc["Uni-Instruct (JKL, F.S.)"]
+    assert ours["FID (ours)"] == f"{result['min']:.2f}" and ours["status (ours)"].startswith("proxy")
 
 
 def test_profiles_have_the_papers_hyper_parameters():

@@ -70,3 +70,24 @@ def test_unification_notebook_writes_the_table(tmp_path):
     assert r"\begin{tabular}" in tex and r"$\chi^2$" in tex and tex.count(r" \\") == len(table) + 1
     metrics = json.loads((tmp_path / "results" / "metrics" / "unification.json").read_text())
     assert metrics["methods"] == 18 and metrics["uni_instruct_exact_max_rel_error"] <= 1e-3
+
+
+TABLES = ["cifar10_uncond", "cifar10_cond", "imagenet64", "divergence_ablation", "teacher_vs_student", "status"]
+
+
+@pytest.mark.parametrize("name", TABLES)
+def test_table_notebook_regenerates_the_committed_table(name, tmp_path):
+    """Executed on the committed CPU-tier results, each table notebook writes exactly the committed table."""
+    run = subprocess.run([sys.executable, "-m", "uniinstruct.cli", "notebook", f"tables/{name}",
+                          "--out-dir", str(tmp_path), "--executed-dir", str(tmp_path / "nb")],
+                         cwd=ROOT, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-3000:]
+    for suffix in (".csv", ".md", ".tex"):
+        assert (tmp_path / f"{name}{suffix}").read_text() == (ROOT / "results" / "tables" / f"{name}{suffix}").read_text()
+    record = json.loads((tmp_path / f"{name}.json").read_text())
+    runs = {p.relative_to(ROOT).as_posix() for p in (ROOT / "results" / "paper").glob("*.json")}
+    cpu_tiers = set() if name in ("cifar10_uncond", "cifar10_cond", "imagenet64") else \
+        {"results/toy/metrics.json", "results/digits/metrics.json"}
+    assert set(record["inputs"]) == runs | cpu_tiers                # every file it read, with its sha256
+    assert record["provenance"]["params"]["results"] == "results/paper"
+    assert (tmp_path / "nb" / "tables" / f"{name}.ipynb").exists()

@@ -9,6 +9,7 @@ Commands:
                 (distill over several processes: torchrun --standalone --nproc_per_node N -m uniinstruct.cli digits distill)
   paper         the paper tier (GPUs): teacher | distill | fid --profile cifar10-uncond|cifar10-cond|imagenet64-cond
                 (distill over N GPUs: torchrun --standalone --nproc_per_node N -m uniinstruct.cli paper distill --profile P)
+  readme        copy results/tables/status.md into the README's status section (--check: only compare)
   teacher       EDM teachers: prepare PROFILE (download, convert, strict load) | convert SRC DST (a network pickle
                 to a state_dict plus JSON without running its code)
 """
@@ -33,13 +34,17 @@ class NotebookSpec:
 
 
 def _notebooks() -> dict[str, NotebookSpec]:
+    from uniinstruct.pipelines.paper import PaperConfig
     from uniinstruct.pipelines.toy import ToyConfig
     from uniinstruct.theory.report import TheoryConfig
     from uniinstruct.unification import UnificationConfig
 
     return {"theory/theorem_checks": NotebookSpec("theory", TheoryConfig, "results/theory"),
             "tables/unification": NotebookSpec("unification", UnificationConfig, "results/tables"),
-            "toy/ablation": NotebookSpec("toy", ToyConfig, "results/toy")}
+            "toy/ablation": NotebookSpec("toy", ToyConfig, "results/toy"),
+            **{f"tables/{name}": NotebookSpec("paper", PaperConfig, "results/tables")
+               for name in ("cifar10_uncond", "cifar10_cond", "imagenet64", "divergence_ablation",
+                            "teacher_vs_student", "status")}}
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -77,6 +82,23 @@ def cmd_notebook(args: argparse.Namespace) -> int:
     papermill.execute_notebook(str(source), str(executed), kernel_name="python3", progress_bar=False,
                                parameters={"config": asdict(config), "out_dir": args.out_dir or spec.out_dir, **extra})
     print(f"executed {source} -> {executed}")
+    return 0
+
+
+def cmd_readme(args: argparse.Namespace) -> int:
+    from uniinstruct.reports import splice_readme
+
+    readme, status = Path(args.readme), Path(args.status)
+    text = readme.read_text(encoding="utf-8")
+    new = splice_readme(text, status.read_text(encoding="utf-8"))
+    if args.check:
+        if new != text:
+            print(f"{readme}'s status table differs from {status}: run `uniinstruct readme`", file=sys.stderr)
+            return 1
+        print(f"{readme} is up to date with {status}")
+        return 0
+    readme.write_text(new, encoding="utf-8")
+    print(f"{readme}: status table {'updated' if new != text else 'already up to date'}")
     return 0
 
 
@@ -201,6 +223,12 @@ def build_parser() -> argparse.ArgumentParser:
     nb.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                     help="an extra string parameter for the notebook (e.g. runs_dir=runs/toy); repeatable")
     nb.set_defaults(func=cmd_notebook)
+
+    rd = sub.add_parser("readme", help="copy results/tables/status.md into the README's status section")
+    rd.add_argument("--readme", default="README.md")
+    rd.add_argument("--status", default="results/tables/status.md")
+    rd.add_argument("--check", action="store_true", help="exit 1 if the README is out of date; write nothing")
+    rd.set_defaults(func=cmd_readme)
     toy = sub.add_parser("toy", help="2-D toy tier: teacher | distill | evaluate")
     toy.add_argument("stage", choices=["teacher", "distill", "evaluate"])
     toy.add_argument("--params", default="params.yaml", help="parameter file (section: toy)")

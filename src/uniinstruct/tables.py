@@ -11,7 +11,8 @@ _LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$",
                   "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
 _LATEX_SYMBOLS = {"χ²": r"$\chi^2$", "∇": r"$\nabla$", "λ": r"$\lambda$", "σ": r"$\sigma$", "θ": r"$\theta$",
                   "α": r"$\alpha$", "≤": r"$\le$", "≥": r"$\ge$", "·": r"$\cdot$", "−": "-", "–": "--",
-                  "×": r"$\times$", "ε": r"$\epsilon$", "Δ": r"$\Delta$", "∫": r"$\int$"}
+                  "×": r"$\times$", "ε": r"$\epsilon$", "Δ": r"$\Delta$", "∫": r"$\int$", "±": r"$\pm$",
+                  "²": r"$^2$", "‖": r"$\|$", "↑": r"$\uparrow$", "↓": r"$\downarrow$", "§": r"\S{}", "—": "---"}
 _SYMBOL_RE = re.compile("|".join(map(re.escape, sorted(_LATEX_SYMBOLS, key=len, reverse=True))))
 
 
@@ -37,14 +38,15 @@ def to_markdown(df: pd.DataFrame, float_format: str = ".3g") -> str:
 
 
 def to_latex(df: pd.DataFrame, caption: str, label: str, float_format: str = ".3g") -> str:
-    """A booktabs table environment; the caption is escaped like the cells."""
+    """A booktabs table environment, shrunk to the text width when wider (adjustbox); the caption is escaped."""
     cols = "l" * len(df.columns)
-    lines = [r"\begin{table}[t]", r"\centering", r"\small", rf"\caption{{{latex_escape(caption)}}}",
-             rf"\label{{{label}}}", rf"\begin{{tabular}}{{{cols}}}", r"\toprule",
+    lines = [r"\begin{table}[htbp]", r"\centering", r"\small", rf"\caption{{{latex_escape(caption)}}}",
+             rf"\label{{{label}}}", r"\begin{adjustbox}{max width=\linewidth}", rf"\begin{{tabular}}{{{cols}}}",
+             r"\toprule",
              " & ".join(latex_escape(c) for c in df.columns) + r" \\", r"\midrule"]
     lines += [" & ".join(latex_escape(_cell(v, float_format)) for v in row) + r" \\"
               for row in df.itertuples(index=False)]
-    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
+    lines += [r"\bottomrule", r"\end{tabular}", r"\end{adjustbox}", r"\end{table}"]
     return "\n".join(lines) + "\n"
 
 

@@ -67,6 +67,7 @@ class PaperProfile:
 @dataclass
 class PaperConfig:
     folder: str = "paper_runs"      # teachers/, <profile>/ (checkpoint, run.json, fid.json)
+    results: str = "results/paper"  # <profile>-<divergence>.json: a copy of each fid.json, read by the table notebooks
     profiles: list[PaperProfile] = field(default_factory=list)
 
     def profile(self, name: str) -> PaperProfile:
@@ -150,7 +151,12 @@ def fid_stage(cfg: PaperConfig, profile: PaperProfile, reference: Path | None = 
     result = fid_protocol.fid_trials(generate, shape, generator.label_dim, model,
                                      fid_protocol.reference_stats(reference), profile.fid.num_images,
                                      tuple(profile.fid.seed_blocks), profile.fid.batch, progress)
-    result = {**result, "iteration": state["iteration"], "images_seen": state["cur_nimg"],
+    result = {"profile": profile.name, "divergence": profile.distill.divergence, **result,
+              "iteration": state["iteration"], "images_seen": state["cur_nimg"],
+              "images_target": profile.distill.iterations * profile.distill.batch,
               "reference": {"path": str(reference), "sha256": fid.sha256_file(reference)}}
-    provenance.write_json(run_dir / "fid.json", {**result, "provenance": provenance.record(asdict(profile), started)})
+    payload = {**result, "provenance": provenance.record(asdict(profile), started)}
+    provenance.write_json(run_dir / "fid.json", payload)
+    tag = profile.distill.divergence.replace(":", "_")          # alpha:0.5 -> alpha_0.5
+    provenance.write_json(Path(cfg.results) / f"{profile.name}-{tag}.json", payload)
     return result

@@ -1,0 +1,268 @@
+"""The paper's tables with our numbers beside them: pure functions from result files to DataFrames.
+
+Published numbers come from ``uniinstruct/paper_data`` (strings exactly as transcribed, with their source). Our numbers
+come from result files the pipeline wrote: ``results/paper/<profile>-<divergence>.json`` (GPU runs of the paper tier,
+copied there by ``uniinstruct paper fid``), ``results/metrics/toy.json`` and ``results/digits/metrics.json``. A cell we
+have no run for says :data:`NOT_RUN`; nothing is ever filled with a placeholder number.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from uniinstruct import paper_data, provenance, tables
+from uniinstruct.teachers.download import sha256_file
+
+NOT_RUN = "not run"
+NOT_IN_PAPER = "not in paper"
+DIVERGENCE_LABELS = {"rkl": "RKL", "fkl": "FKL", "jkl": "JKL", "js": "JS", "chi2": "χ²", "jeffreys": "Jeffreys",
+                     "neyman": "Neyman χ²", "hellinger": "Hellinger"}
+PROFILE_TABLES = {"cifar10-uncond": ("cifar10_uncond", "CIFAR-10 (unconditional)"),
+                  "cifar10-cond": ("cifar10_cond", "CIFAR-10 (conditional)"),
+                  "imagenet64-cond": ("imagenet64", "ImageNet 64×64 (conditional)")}
+
+
+def label(divergence: str) -> str:
+    """The name the paper's tables use for a registry divergence (``alpha:<a>`` becomes ``α=<a>``)."""
+    if divergence.startswith("alpha:"):
+        return f"α={divergence.split(':', 1)[1]}"
+    return DIVERGENCE_LABELS.get(divergence, divergence)
+
+
+def describe_hardware(hw: dict) -> str:
+    """One line for a provenance ``hardware`` block: the GPU if one ran, else the CPU count."""
+    if hw.get("cuda"):
+        return f"GPU: {hw.get('gpu', 'CUDA device')}"
+    return f"CPU: {hw.get('cpu_count', '?')} cores, {hw.get('torch_threads', '?')} torch thread(s)"
+
+
+def paper_runs(results_dir: str | Path) -> list[dict]:
+    """Our paper-tier FID results (``<results_dir>/*.json``, written by ``uniinstruct paper fid``), sorted by name."""
+    folder = Path(results_dir)
+    return [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))] if folder.is_dir() else []
+
+
+def run_status(run: dict) -> str:
+    """Whether a paper-tier FID is comparable with the paper's: protocol and training length."""
+    notes = []
+    protocol = run["protocol"]["name"]
+    if protocol != "EDM":
+        notes.append(protocol)
+    if run["images_seen"] < run["images_target"]:
+        notes.append(f"partial: {run['images_seen'] / 1e6:.1f} of {run['images_target'] / 1e6:.0f} Mimg")
+    return "; ".join(notes) or f"done: EDM protocol, min of {len(run['fids'])} trials"
+
+
+def _ours(run: dict | None) -> dict:
+    if run is None:
+        return {"FID (ours)": NOT_RUN, "FID trials (ours)": NOT_RUN, "hardware (ours)": "", "status (ours)": NOT_RUN}
+    trials = f"{run['mean']:.2f} ± {run['std']:.2f} (n={len(run['fids'])})"
+    return {"FID (ours)": f"{run['min']:.2f}", "FID trials (ours)": trials,
+            "hardware (ours)": describe_hardware(run["provenance"]["hardware"]), "status (ours)": run_status(run)}
+
+
+def _model_name(divergence: str, setting: str = "F.S.") -> str:
+    """The paper's row name ("F.S." = from scratch); ``setting=""`` for our CPU tiers."""
+    return f"Uni-Instruct ({label(divergence)}{', ' + setting if setting else ''})"
+
+
+def result_table(profile: str, results_dir: str | Path) -> pd.DataFrame:
+    """A result table of the paper (CIFAR-10 uncond./cond., ImageNet-64): its rows, then our FID where we ran one.
+
+    A run fills the paper's from-scratch ("F.S.") row of its divergence; a divergence the paper did not report gets a
+    row of its own. Baselines, teachers and the paper's longer ("L.T.") runs are not run by this project.
+    """
+    if profile not in PROFILE_TABLES:
+        raise ValueError(f"unknown paper profile {profile!r}; valid: {', '.join(PROFILE_TABLES)}")
+    runs = {_model_name(r["divergence"]): r for r in paper_runs(results_dir) if r["profile"] == profile}
+    rows = []
+    for p in paper_data.read(PROFILE_TABLES[profile][0]):
+        rows.append({"family": p["family"], "model": p["model"], "NFE": p["nfe"], "FID (paper)": p["fid"],
+                     **_ours(runs.pop(p["model"], None)), "paper source": p["source"]})
+    for model, run in runs.items():
+        rows.append({"family": "One-step", "model": model, "NFE": "1", "FID (paper)": NOT_IN_PAPER, **_ours(run),
+                     "paper source": ""})
+    return pd.DataFrame(rows)
+
+
+def _toy_runs(toy: dict, divergence: str | None) -> list[dict]:
+    return [r for r in toy["rows"] if r["kind"] == "uni-instruct" and r["divergence"] == divergence
+            and r["estimator"] == "exact" and r["ratio"] == "logit" and r["status"] == "ok"]
+
+
+def _toy_cells(toy: dict, divergence: str | None) -> dict:
+    rows = _toy_runs(toy, divergence)
+    if not rows:
+        return {"toy NLL ↓ (ours)": NOT_RUN, "toy min mode ratio ↑ (ours)": NOT_RUN}
+    nll = sum(r["teacher_nll"] for r in rows) / len(rows)
+    ratio = sum(r["mode_min_ratio"] for r in rows) / len(rows)
+    return {"toy NLL ↓ (ours)": f"{nll:.2f}", "toy min mode ratio ↑ (ours)": f"{ratio:.2f}"}
+
+
+def _digits_cells(digits: dict, divergence: str) -> dict:
+    rows = [r for r in digits["rows"] if r["kind"] == "uni-instruct" and r["divergence"] == divergence
+            and r["estimator"] == "exact" and r["status"] == "ok"]
+    if not rows:
+        return {"digits FID (ours)": NOT_RUN, "digits classifier FD (ours)": NOT_RUN}
+    fid = sum(r["fid"] for r in rows) / len(rows)
+    cfd = sum(r["classifier_fd"] for r in rows) / len(rows)
+    return {"digits FID (ours)": f"{fid:.1f}", "digits classifier FD (ours)": f"{cfd:.2f}"}
+
+
+def _divergence_key(name: str) -> str | None:
+    inverse = {v: k for k, v in DIVERGENCE_LABELS.items()}
+    return inverse.get(name)
+
+
+def divergence_ablation(results_dir: str | Path, toy: dict, digits: dict) -> pd.DataFrame:
+    """The paper's divergence × SiD-init × GAN ablation (CIFAR-10) beside our CIFAR-10, digits and toy runs.
+
+    ``toy``: ``results/metrics/toy.json``; ``digits``: ``results/digits/metrics.json``. Our CPU-tier runs use the GAN
+    term and no SiD initialisation, so only the paper's rows with that setting get their numbers; the divergences we ran
+    that the paper did not get rows of their own.
+    """
+    toy_gan = "yes" if toy["provenance"]["params"]["distill"]["use_gan"] else "no"
+    digits_gan = "yes" if digits["provenance"]["params"]["distill"]["use_gan"] else "no"
+    cifar = {(r["divergence"], "yes" if r["provenance"]["params"]["distill"]["use_gan"] else "no"): r
+             for r in paper_runs(results_dir) if r["profile"] == "cifar10-uncond"}
+    rows, seen = [], set()
+    for p in paper_data.read("divergence_ablation"):
+        key = _divergence_key(p["divergence"])
+        seen.add(key)
+        run = cifar.pop((key, p["gan"]), None) if p["sid_init"] == "no" else None
+        row = {"divergence": p["divergence"], "SiD init": p["sid_init"], "GAN": p["gan"],
+               "CIFAR-10 FID (paper)": p["fid"], "CIFAR-10 FID (ours)": f"{run['min']:.2f}" if run else NOT_RUN}
+        row.update(_digits_cells(digits, key) if key and p["sid_init"] == "no" and p["gan"] == digits_gan
+                   else _digits_cells(digits, None))
+        row.update(_toy_cells(toy, key) if key and p["sid_init"] == "no" and p["gan"] == toy_gan
+                   else _toy_cells(toy, None))
+        rows.append({**row, "paper source": p["source"]})
+    extra = sorted(({r["divergence"] for r in toy["rows"] if _toy_runs(toy, r["divergence"])}
+                    | {k for k, _ in cifar}) - seen)
+    for key in extra:
+        run = cifar.get((key, toy_gan))
+        rows.append({"divergence": label(key), "SiD init": "no", "GAN": toy_gan, "CIFAR-10 FID (paper)": NOT_IN_PAPER,
+                     "CIFAR-10 FID (ours)": f"{run['min']:.2f}" if run else NOT_RUN, **_digits_cells(digits, key),
+                     **_toy_cells(toy, key), "paper source": ""})
+    return pd.DataFrame(rows)
+
+
+
+def _best(rows: list[dict], key: str) -> dict | None:
+    rows = [r for r in rows if r.get(key) is not None]
+    return min(rows, key=lambda r: r[key]) if rows else None
+
+
+def teacher_vs_student(results_dir: str | Path, toy: dict, digits: dict) -> pd.DataFrame:
+    """Each tier's multi-step teacher against its best one-step student: the paper's numbers, then ours."""
+    rows = []
+    for profile, (table, dataset) in PROFILE_TABLES.items():
+        published = paper_data.read(table)
+        teacher = next(p for p in published if p["family"] == "Teacher")
+        students = [p for p in published if p["model"].startswith("Uni-Instruct")]
+        best = min(students, key=lambda p: float(p["fid"]))
+        rows.append({"tier": "paper", "dataset": dataset, "metric": "FID ↓ (50k)", "source": "paper",
+                     "teacher": teacher["model"], "teacher NFE": teacher["nfe"], "teacher value": teacher["fid"],
+                     "best student": best["model"], "student NFE": best["nfe"], "student value": best["fid"]})
+        ours = [r for r in paper_runs(results_dir) if r["profile"] == profile]
+        mine = _best(ours, "min")
+        rows.append({"tier": "paper", "dataset": dataset, "metric": "FID ↓ (50k)", "source": "ours",
+                     "teacher": teacher["model"], "teacher NFE": teacher["nfe"], "teacher value": NOT_RUN,
+                     "best student": _model_name(mine["divergence"]) if mine else "Uni-Instruct", "student NFE": "1",
+                     "student value": f"{mine['min']:.2f}" if mine else NOT_RUN})
+    teacher = next(r for r in digits["rows"] if r["kind"] == "teacher")
+    students = [r for r in digits["rows"] if r["kind"] == "uni-instruct" and r["status"] == "ok"]
+    for key, metric, fmt in (("fid", f"FID ↓ ({teacher['fid_images']} images)", ".1f"),
+                             ("classifier_fd", "classifier FD ↓", ".2f")):
+        best = _best(students, key)
+        rows.append({"tier": "digits (CPU)", "dataset": "digits 8×8", "metric": metric, "source": "ours",
+                     "teacher": "EDM-style UNet, Heun", "teacher NFE": str(teacher["nfe"]),
+                     "teacher value": format(teacher[key], fmt),
+                     "best student": _model_name(best["divergence"], "") if best else "Uni-Instruct",
+                     "student NFE": "1", "student value": format(best[key], fmt) if best else NOT_RUN})
+    teacher = next(r for r in toy["rows"] if r["kind"] == "teacher (learned)")
+    by_div = {d: _toy_runs(toy, d) for d in {r["divergence"] for r in toy["rows"]}}
+    means = {d: sum(r["teacher_nll"] for r in rs) / len(rs) for d, rs in by_div.items() if rs}
+    best = min(means, key=means.get) if means else None
+    rows.append({"tier": "toy (CPU)", "dataset": f"2-D mixture ({toy['provenance']['params']['benchmark']})",
+                 "metric": "teacher NLL ↓", "source": "ours", "teacher": "learned MLP score, Heun",
+                 "teacher NFE": str(teacher["nfe"]), "teacher value": f"{teacher['teacher_nll']:.2f}",
+                 "best student": _model_name(best, "") if best else "Uni-Instruct", "student NFE": "1",
+                 "student value": f"{means[best]:.2f}" if best else NOT_RUN})
+    return pd.DataFrame(rows)
+
+
+def status_table(results_dir: str | Path, toy: dict, digits: dict) -> pd.DataFrame:
+    """The reproduction status, method × dataset: the paper's number, ours, the hardware that produced ours."""
+    rows = []
+    runs = paper_runs(results_dir)
+    for profile, (table, dataset) in PROFILE_TABLES.items():
+        for p in paper_data.read(table):
+            if not p["model"].startswith("Uni-Instruct"):
+                continue
+            run = next((r for r in runs if r["profile"] == profile and _model_name(r["divergence"]) == p["model"]),
+                       None)
+            ours = _ours(run)
+            rows.append({"method": p["model"], "dataset": dataset, "metric": "FID ↓ (50k, EDM protocol)",
+                         "paper": p["fid"], "ours": ours["FID (ours)"], "hardware": ours["hardware (ours)"],
+                         "status": ours["status (ours)"] if run else f"{NOT_RUN} (needs GPUs: paper tier)"})
+    hw = describe_hardware(digits["provenance"]["hardware"])
+    for r in digits["rows"]:
+        if r["kind"] == "uni-instruct":
+            rows.append({"method": _model_name(r["divergence"], f"seed {r['seed']}"), "dataset": "digits 8×8",
+                         "metric": f"FID ↓ ({r['fid_images']} images) / classifier FD ↓", "paper": NOT_IN_PAPER,
+                         "ours": f"{r['fid']:.1f} / {r['classifier_fd']:.2f}" if r["status"] == "ok" else NOT_RUN,
+                         "hardware": hw, "status": f"{r['status']} (CPU tier)"})
+    hw = describe_hardware(toy["provenance"]["hardware"])
+    order = list(DIVERGENCE_LABELS)
+    ran = {r["divergence"] for r in toy["rows"] if _toy_runs(toy, r["divergence"])}
+    for d in sorted(ran, key=lambda d: (order.index(d) if d in order else len(order), d)):
+        rs = _toy_runs(toy, d)
+        nll = sum(r["teacher_nll"] for r in rs) / len(rs)
+        rows.append({"method": _model_name(d, f"{len(rs)} seeds"), "dataset": toy["provenance"]["params"]["benchmark"],
+                     "metric": "teacher NLL ↓", "paper": NOT_IN_PAPER, "ours": f"{nll:.2f}", "hardware": hw,
+                     "status": "ok (CPU tier)"})
+    return pd.DataFrame(rows)
+
+
+def write_report(table: pd.DataFrame, out_dir: str | Path, name: str, caption: str, label_: str,
+                 inputs: list[str | Path], params, started: float) -> list[Path]:
+    """``<out_dir>/<name>.{csv,md,tex}`` and ``<name>.json``: provenance and the sha256 of every input file.
+
+    The LaTeX table moves the ``paper source`` column into its caption (each distinct source once).
+    """
+    stem = Path(out_dir) / name
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(stem.with_suffix(".csv"), index=False)
+    stem.with_suffix(".md").write_text(tables.to_markdown(table), encoding="utf-8")
+    sources = [s for s in dict.fromkeys(table.get("paper source", [])) if s]
+    if sources:
+        caption = f"{caption} Paper's numbers: {'; '.join(sources)}."
+    latex = tables.to_latex(table.drop(columns=["paper source"], errors="ignore"), caption, label_)
+    stem.with_suffix(".tex").write_text(latex, encoding="utf-8")
+    digests = {str(p): sha256_file(p) for p in inputs}
+    record = provenance.write_json(stem.with_suffix(".json"), {
+        "table": name, "rows": len(table), "inputs": digests, "provenance": provenance.record(params, started)})
+    return [stem.with_suffix(".csv"), stem.with_suffix(".md"), stem.with_suffix(".tex"), record]
+
+
+def paper_run_files(results_dir: str | Path) -> list[Path]:
+    """The paper-tier result files a table read (for :func:`write_report`'s ``inputs``)."""
+    folder = Path(results_dir)
+    return sorted(folder.glob("*.json")) if folder.is_dir() else []
+
+
+README_BEGIN = "<!-- status:begin (generated from results/tables/status.md by `uniinstruct readme`; do not edit) -->"
+README_END = "<!-- status:end -->"
+
+
+def splice_readme(readme: str, status_md: str) -> str:
+    """The README with the text between its status markers replaced by ``status_md``."""
+    if readme.count(README_BEGIN) != 1 or readme.count(README_END) != 1:
+        raise ValueError(f"the README needs exactly one {README_BEGIN!r} and one {README_END!r} line")
+    head, rest = readme.split(README_BEGIN)
+    _, tail = rest.split(README_END)
+    return f"{head}{README_BEGIN}\n{status_md.rstrip()}\n{README_END}{tail}"

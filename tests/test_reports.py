@@ -1,0 +1,170 @@
+"""The paper's tables with ours beside them (uniinstruct.reports): our cells come from result files or say "not run"."""
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from uniinstruct import paper_data, reports
+from uniinstruct.tables import latex_escape
+
+ROOT = Path(__file__).resolve().parents[1]
+TOY = json.loads((ROOT / "results" / "toy" / "metrics.json").read_text())
+DIGITS = json.loads((ROOT / "results" / "digits" / "metrics.json").read_text())
+OURS = ["FID (ours)", "FID trials (ours)", "status (ours)"]
+
+
+def paper_run(profile: str, divergence: str, fids, protocol="EDM", seen=300_000_000, target=300_000_000,
+              use_gan=True, gpu="NVIDIA H100"):
+    """A result file in the schema ``uniinstruct paper fid`` writes (tests/test_paper_pipeline.py checks that side)."""
+    return {"profile": profile, "divergence": divergence, "fids": list(fids), "min": min(fids),
+            "mean": float(np.mean(fids)), "std": float(np.std(fids)), "protocol": {"name": protocol},
+            "images_seen": seen, "images_target": target,
+            "provenance": {"params": {"distill": {"use_gan": use_gan}}, "hardware": {"cuda": True, "gpu": gpu}}}
+
+
+def write_runs(folder: Path, *runs) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for run in runs:
+        (folder / f"{run['profile']}-{run['divergence']}.json").write_text(json.dumps(run))
+    return folder
+
+
+@pytest.mark.parametrize("profile", list(reports.PROFILE_TABLES))
+def test_result_table_without_runs_is_the_papers_table_and_not_run(profile, tmp_path):
+    table = reports.result_table(profile, tmp_path / "none")
+    published = paper_data.read(reports.PROFILE_TABLES[profile][0])
+    assert list(table["model"]) == [p["model"] for p in published]
+    assert list(table["FID (paper)"]) == [p["fid"] for p in published]
+    assert (table[OURS] == reports.NOT_RUN).all().all()
+
+
+def test_a_run_fills_its_divergences_row_and_no_other(tmp_path):
+    results = write_runs(tmp_path, paper_run("cifar10-uncond", "jkl", [1.61, 1.58, 1.66]),
+                         paper_run("cifar10-uncond", "hellinger", [2.5, 2.4, 2.6], protocol="proxy: packaged",
+                                   seen=10_000_000),
+                         paper_run("cifar10-cond", "jkl", [9.0, 9.1, 9.2]))
+    table = reports.result_table("cifar10-uncond", results).set_index("model")
+    jkl = table.loc["Uni-Instruct (JKL, F.S.)"]
+    assert jkl["FID (paper)"] == "1.46" and jkl["FID (ours)"] == "1.58"         # min of the three trials
+    assert jkl["FID trials (ours)"] == f"{np.mean([1.61, 1.58, 1.66]):.2f} ± {np.std([1.61, 1.58, 1.66]):.2f} (n=3)"
+    assert jkl["hardware (ours)"] == "GPU: NVIDIA H100" and jkl["status (ours)"].startswith("done: EDM protocol")
+    extra = table.loc["Uni-Instruct (Hellinger, F.S.)"]
+    assert extra["FID (paper)"] == reports.NOT_IN_PAPER and extra["FID (ours)"] == "2.40"
+    assert "proxy" in extra["status (ours)"] and "partial: 10.0 of 300 Mimg" in extra["status (ours)"]
+    others = table.drop(index=["Uni-Instruct (JKL, F.S.)", "Uni-Instruct (Hellinger, F.S.)"])
+    assert (others[OURS] == reports.NOT_RUN).all().all()                        # the cond. run stays in its table
+
+
+def test_unknown_profile_lists_the_valid_ones():
+    with pytest.raises(ValueError, match="valid: cifar10-uncond, cifar10-cond, imagenet64-cond"):
+        reports.result_table("cifar100", "results/paper")
+
+
+def mean_of(rows, key):
+    return float(np.mean([r[key] for r in rows]))
+
+
+def test_divergence_ablation_puts_our_runs_on_the_rows_of_their_setting(tmp_path):
+    results = write_runs(tmp_path, paper_run("cifar10-uncond", "rkl", [1.7, 1.8, 1.9], use_gan=False))
+    table = reports.divergence_ablation(results, TOY, DIGITS)
+    published = paper_data.read("divergence_ablation")
+    assert list(table["CIFAR-10 FID (paper)"][:len(published)]) == [p["fid"] for p in published]
+    by = {(r["divergence"], r["SiD init"], r["GAN"]): r for _, r in table.iterrows()}
+    for div in ("rkl", "fkl", "jkl"):                     # digits: mean over its runs, computed here from the JSON
+        runs = [r for r in DIGITS["rows"] if r["divergence"] == div and r["kind"] == "uni-instruct"]
+        row = by[(reports.label(div), "no", "yes")]
+        assert row["digits FID (ours)"] == f"{mean_of(runs, 'fid'):.1f}"
+        assert row["digits classifier FD (ours)"] == f"{mean_of(runs, 'classifier_fd'):.2f}"
+    for div in ("chi2", "js", "jkl", "rkl", "fkl"):       # toy: mean over the exact-estimator seeds
+        runs = [r for r in TOY["rows"] if r["divergence"] == div and r["estimator"] == "exact"
+                and r["ratio"] == "logit" and r["kind"] == "uni-instruct"]
+        assert len(runs) == 3
+        assert by[(reports.label(div), "no", "yes")]["toy NLL ↓ (ours)"] == f"{mean_of(runs, 'teacher_nll'):.2f}"
+    assert by[("RKL", "no", "no")]["CIFAR-10 FID (ours)"] == "1.70"          # our no-GAN GPU run: its own row
+    assert by[("RKL", "no", "yes")]["CIFAR-10 FID (ours)"] == reports.NOT_RUN
+    for key in [("RKL", "no", "no"), ("FKL", "no", "no"), ("RKL", "yes", "yes"), ("none (GAN only)", "no", "yes")]:
+        assert by[key]["toy NLL ↓ (ours)"] == reports.NOT_RUN and by[key]["digits FID (ours)"] == reports.NOT_RUN
+    extra = table.iloc[len(published):]
+    assert set(extra["divergence"]) == {"Hellinger", "Jeffreys", "Neyman χ²"}
+    assert (extra["CIFAR-10 FID (paper)"] == reports.NOT_IN_PAPER).all()
+
+
+def test_teacher_vs_student_takes_each_tiers_best_student(tmp_path):
+    table = reports.teacher_vs_student(tmp_path, TOY, DIGITS)
+    paper = table[table.source == "paper"].set_index("dataset")
+    for profile, (name, dataset) in reports.PROFILE_TABLES.items():
+        rows = paper_data.read(name)
+        best = min((r for r in rows if r["model"].startswith("Uni-Instruct")), key=lambda r: float(r["fid"]))
+        assert paper.loc[dataset, "student value"] == best["fid"]
+        assert paper.loc[dataset, "teacher value"] == next(r["fid"] for r in rows if r["family"] == "Teacher")
+    ours = table[(table.source == "ours") & (table.tier == "paper")]
+    assert (ours["student value"] == reports.NOT_RUN).all() and (ours["teacher value"] == reports.NOT_RUN).all()
+    digits = table[table.tier == "digits (CPU)"].set_index("metric")
+    students = [r for r in DIGITS["rows"] if r["kind"] == "uni-instruct"]
+    fd = digits.loc["classifier FD ↓"]
+    assert fd["student value"] == f"{min(r['classifier_fd'] for r in students):.2f}"
+    assert fd["teacher value"] == f"{next(r for r in DIGITS['rows'] if r['kind'] == 'teacher')['classifier_fd']:.2f}"
+
+
+def test_status_table_has_every_paper_number_and_our_cpu_runs(tmp_path):
+    results = write_runs(tmp_path, paper_run("imagenet64-cond", "fkl", [1.9, 2.0, 2.1]))
+    table = reports.status_table(results, TOY, DIGITS)
+    paper_rows = table[table.paper != reports.NOT_IN_PAPER]
+    expected = sum(r["model"].startswith("Uni-Instruct") for name, _ in reports.PROFILE_TABLES.values()
+                   for r in paper_data.read(name))
+    assert len(paper_rows) == expected == 12
+    ran = paper_rows[paper_rows.ours != reports.NOT_RUN]
+    assert list(ran.method) == ["Uni-Instruct (FKL, F.S.)"] and list(ran.ours) == ["1.90"]
+    assert list(ran.dataset) == ["ImageNet 64×64 (conditional)"]
+    cpu = table[table.paper == reports.NOT_IN_PAPER]
+    assert len(cpu) == sum(r["kind"] == "uni-instruct" for r in DIGITS["rows"]) + 8     # digits runs + toy divergences
+    assert (cpu.hardware.str.startswith("CPU: ")).all()
+
+
+def test_readme_status_section_is_the_generated_table():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    status = (ROOT / "results" / "tables" / "status.md").read_text(encoding="utf-8")
+    assert reports.splice_readme(readme, status) == readme, "README is stale: run `uniinstruct readme`"
+    assert status.strip() in readme
+
+
+def test_splice_readme_replaces_only_the_marked_block():
+    text = f"intro\n{reports.README_BEGIN}\nold | table\n{reports.README_END}\noutro\n"
+    new = reports.splice_readme(text, "| new |\n")
+    assert new == f"intro\n{reports.README_BEGIN}\n| new |\n{reports.README_END}\noutro\n"
+    with pytest.raises(ValueError, match="exactly one"):
+        reports.splice_readme("no markers", "| new |")
+
+
+def test_labels_and_hardware():
+    assert reports.label("chi2") == "χ²" and reports.label("alpha:0.5") == "α=0.5" and reports.label("jkl") == "JKL"
+    assert reports.describe_hardware({"cuda": False, "cpu_count": 2, "torch_threads": 1}) == \
+        "CPU: 2 cores, 1 torch thread(s)"
+
+
+def test_latex_escape_leaves_only_ascii():
+    text = "FID ↓ ± 0.1, ‖s‖², §7.1, toy ↑, SiD²A, χ² — 8×8"
+    escaped = latex_escape(text)
+    assert escaped.isascii(), escaped
+    assert r"$\downarrow$" in escaped and r"$\chi^2$" in escaped and r"SiD$^2$A" in escaped and r"\S{}7.1" in escaped
+
+
+def test_generated_latex_is_ascii_for_pdflatex():
+    files = sorted(ROOT.glob("results/*/*.tex"))
+    assert len(files) >= 9
+    for path in files:
+        text = path.read_text(encoding="utf-8")
+        assert text.isascii(), f"{path}: {sorted({c for c in text if not c.isascii()})}"
+        assert text.count(r"\begin{tabular}") == text.count(r"\end{tabular}") == 1
+
+
+def test_report_inputs_every_generated_table_and_existing_figures():
+    tex = (ROOT / "paper" / "main.tex").read_text(encoding="utf-8")
+    inputs = re.findall(r"\\results\{([^}]+)\}", tex)
+    figures = re.findall(r"\\includegraphics\[[^]]*\]\{([^}]+)\}", tex)
+    generated = {p.relative_to(ROOT / "results").as_posix() for p in ROOT.glob("results/*/*.tex")}
+    assert set(inputs) == generated                       # every generated table, nothing that is not generated
+    assert figures and all((ROOT / "results" / f).is_file() for f in figures)
