@@ -121,3 +121,23 @@ def test_write_json_failure_keeps_old_file(tmp_path):
         provenance.write_json(target, {"bad": object()})
     assert json.loads(target.read_text()) == {"ok": True}
     assert [p.name for p in tmp_path.iterdir()] == ["result.json"]
+
+
+def test_code_version_is_dirty_for_code_changes_not_for_pipeline_outputs(tmp_path):
+    """A pipeline run rewrites results/ and dvc.lock; only other tracked files make the code differ from its commit."""
+    def git(*args):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+    git("init", "-q")
+    for name in ("src.py", "dvc.lock", "results/metrics.json"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_text("0\n")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
+    assert provenance.code_version(tmp_path)["dirty"] is False
+    (tmp_path / "dvc.lock").write_text("1\n")
+    (tmp_path / "results" / "metrics.json").write_text("1\n")
+    (tmp_path / "untracked.py").write_text("1\n")
+    assert provenance.code_version(tmp_path)["dirty"] is False
+    (tmp_path / "src.py").write_text("1\n")
+    version = provenance.code_version(tmp_path)
+    assert version["dirty"] is True and len(version["commit"]) == 40

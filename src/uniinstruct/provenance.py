@@ -16,13 +16,19 @@ from typing import Any
 LIBRARIES = ("torch", "numpy", "scipy", "pandas", "matplotlib", "dvc", "papermill", "clean-fid", "uniinstruct")
 
 
+# What the pipeline itself rewrites: changes there do not make the code differ from its commit.
+PIPELINE_OUTPUTS = ("results", "dvc.lock")
+
+
 def code_version(root: Path | None = None) -> dict[str, Any]:
-    """The git commit of the working tree and whether it has uncommitted changes."""
+    """The git commit of the working tree and whether tracked files other than pipeline outputs differ from it."""
     root = root or Path(__file__).resolve().parents[2]
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
     try:
-        return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
+        changed = git("status", "--porcelain", "--untracked-files=no", "--", ".",
+                      *(f":(exclude){p}" for p in PIPELINE_OUTPUTS))
+        return {"commit": git("rev-parse", "HEAD"), "dirty": bool(changed)}
     except (OSError, subprocess.CalledProcessError):
         return {"commit": None, "dirty": None}
 
