@@ -20,6 +20,7 @@ NOT_RUN = "not run"
 NOT_IN_PAPER = "not in paper"
 DIVERGENCE_LABELS = {"rkl": "RKL", "fkl": "FKL", "jkl": "JKL", "js": "JS", "chi2": "χ²", "jeffreys": "Jeffreys",
                      "neyman": "Neyman χ²", "hellinger": "Hellinger"}
+_REGISTRY_NAMES = {v: k for k, v in DIVERGENCE_LABELS.items()}      # the paper's name -> registry name
 PROFILE_TABLES = {"cifar10-uncond": ("cifar10_uncond", "CIFAR-10 (unconditional)"),
                   "cifar10-cond": ("cifar10_cond", "CIFAR-10 (conditional)"),
                   "imagenet64-cond": ("imagenet64", "ImageNet 64×64 (conditional)")}
@@ -39,10 +40,15 @@ def describe_hardware(hw: dict) -> str:
     return f"CPU: {hw.get('cpu_count', '?')} cores, {hw.get('torch_threads', '?')} torch thread(s)"
 
 
+def paper_run_files(results_dir: str | Path) -> list[Path]:
+    """The paper-tier result files a table read (for :func:`write_report`'s ``inputs``)."""
+    folder = Path(results_dir)
+    return sorted(folder.glob("*.json")) if folder.is_dir() else []
+
+
 def paper_runs(results_dir: str | Path) -> list[dict]:
     """Our paper-tier FID results (``<results_dir>/*.json``, written by ``uniinstruct paper fid``), sorted by name."""
-    folder = Path(results_dir)
-    return [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))] if folder.is_dir() else []
+    return [json.loads(p.read_text()) for p in paper_run_files(results_dir)]
 
 
 def run_status(run: dict) -> str:
@@ -93,13 +99,26 @@ def _toy_runs(toy: dict, divergence: str | None) -> list[dict]:
             and r["estimator"] == "exact" and r["ratio"] == "logit" and r["status"] == "ok"]
 
 
-def _toy_cells(toy: dict, divergence: str | None) -> dict:
-    rows = _toy_runs(toy, divergence)
-    if not rows:
+def _toy_means(toy: dict) -> dict[str, dict]:
+    """Per divergence with a finished exact-estimator run: seeds, mean teacher NLL and mean min mode ratio, in the
+    order of :data:`DIVERGENCE_LABELS` (others after, by name)."""
+    order = list(DIVERGENCE_LABELS)
+    out = {}
+    ran = {r["divergence"] for r in toy["rows"]}
+    for d in sorted(ran, key=lambda d: (order.index(d) if d in order else len(order), d)):
+        rows = _toy_runs(toy, d)
+        if rows:
+            out[d] = {"seeds": len(rows), "teacher_nll": sum(r["teacher_nll"] for r in rows) / len(rows),
+                      "mode_min_ratio": sum(r["mode_min_ratio"] for r in rows) / len(rows)}
+    return out
+
+
+def _toy_cells(means: dict[str, dict], divergence: str | None) -> dict:
+    m = means.get(divergence)
+    if m is None:
         return {"toy NLL ↓ (ours)": NOT_RUN, "toy min mode ratio ↑ (ours)": NOT_RUN}
-    nll = sum(r["teacher_nll"] for r in rows) / len(rows)
-    ratio = sum(r["mode_min_ratio"] for r in rows) / len(rows)
-    return {"toy NLL ↓ (ours)": f"{nll:.2f}", "toy min mode ratio ↑ (ours)": f"{ratio:.2f}"}
+    return {"toy NLL ↓ (ours)": f"{m['teacher_nll']:.2f}",
+            "toy min mode ratio ↑ (ours)": f"{m['mode_min_ratio']:.2f}"}
 
 
 def _digits_cells(digits: dict, divergence: str) -> dict:
@@ -110,11 +129,6 @@ def _digits_cells(digits: dict, divergence: str) -> dict:
     fid = sum(r["fid"] for r in rows) / len(rows)
     cfd = sum(r["classifier_fd"] for r in rows) / len(rows)
     return {"digits FID (ours)": f"{fid:.1f}", "digits classifier FD (ours)": f"{cfd:.2f}"}
-
-
-def _divergence_key(name: str) -> str | None:
-    inverse = {v: k for k, v in DIVERGENCE_LABELS.items()}
-    return inverse.get(name)
 
 
 def divergence_ablation(results_dir: str | Path, toy: dict, digits: dict) -> pd.DataFrame:
@@ -128,27 +142,26 @@ def divergence_ablation(results_dir: str | Path, toy: dict, digits: dict) -> pd.
     digits_gan = "yes" if digits["provenance"]["params"]["distill"]["use_gan"] else "no"
     cifar = {(r["divergence"], "yes" if r["provenance"]["params"]["distill"]["use_gan"] else "no"): r
              for r in paper_runs(results_dir) if r["profile"] == "cifar10-uncond"}
+    toy_means = _toy_means(toy)
     rows, seen = [], set()
     for p in paper_data.read("divergence_ablation"):
-        key = _divergence_key(p["divergence"])
+        key = _REGISTRY_NAMES.get(p["divergence"])
         seen.add(key)
         run = cifar.pop((key, p["gan"]), None) if p["sid_init"] == "no" else None
         row = {"divergence": p["divergence"], "SiD init": p["sid_init"], "GAN": p["gan"],
                "CIFAR-10 FID (paper)": p["fid"], "CIFAR-10 FID (ours)": f"{run['min']:.2f}" if run else NOT_RUN}
         row.update(_digits_cells(digits, key) if key and p["sid_init"] == "no" and p["gan"] == digits_gan
                    else _digits_cells(digits, None))
-        row.update(_toy_cells(toy, key) if key and p["sid_init"] == "no" and p["gan"] == toy_gan
-                   else _toy_cells(toy, None))
+        row.update(_toy_cells(toy_means, key) if key and p["sid_init"] == "no" and p["gan"] == toy_gan
+                   else _toy_cells(toy_means, None))
         rows.append({**row, "paper source": p["source"]})
-    extra = sorted(({r["divergence"] for r in toy["rows"] if _toy_runs(toy, r["divergence"])}
-                    | {k for k, _ in cifar}) - seen)
+    extra = sorted((set(toy_means) | {k for k, _ in cifar}) - seen)
     for key in extra:
         run = cifar.get((key, toy_gan))
         rows.append({"divergence": label(key), "SiD init": "no", "GAN": toy_gan, "CIFAR-10 FID (paper)": NOT_IN_PAPER,
                      "CIFAR-10 FID (ours)": f"{run['min']:.2f}" if run else NOT_RUN, **_digits_cells(digits, key),
-                     **_toy_cells(toy, key), "paper source": ""})
+                     **_toy_cells(toy_means, key), "paper source": ""})
     return pd.DataFrame(rows)
-
 
 
 def _best(rows: list[dict], key: str) -> dict | None:
@@ -158,7 +171,7 @@ def _best(rows: list[dict], key: str) -> dict | None:
 
 def teacher_vs_student(results_dir: str | Path, toy: dict, digits: dict) -> pd.DataFrame:
     """Each tier's multi-step teacher against its best one-step student: the paper's numbers, then ours."""
-    rows = []
+    rows, runs = [], paper_runs(results_dir)
     for profile, (table, dataset) in PROFILE_TABLES.items():
         published = paper_data.read(table)
         teacher = next(p for p in published if p["family"] == "Teacher")
@@ -167,8 +180,7 @@ def teacher_vs_student(results_dir: str | Path, toy: dict, digits: dict) -> pd.D
         rows.append({"tier": "paper", "dataset": dataset, "metric": "FID ↓ (50k)", "source": "paper",
                      "teacher": teacher["model"], "teacher NFE": teacher["nfe"], "teacher value": teacher["fid"],
                      "best student": best["model"], "student NFE": best["nfe"], "student value": best["fid"]})
-        ours = [r for r in paper_runs(results_dir) if r["profile"] == profile]
-        mine = _best(ours, "min")
+        mine = _best([r for r in runs if r["profile"] == profile], "min")
         rows.append({"tier": "paper", "dataset": dataset, "metric": "FID ↓ (50k)", "source": "ours",
                      "teacher": teacher["model"], "teacher NFE": teacher["nfe"], "teacher value": NOT_RUN,
                      "best student": _model_name(mine["divergence"]) if mine else "Uni-Instruct", "student NFE": "1",
@@ -184,8 +196,7 @@ def teacher_vs_student(results_dir: str | Path, toy: dict, digits: dict) -> pd.D
                      "best student": _model_name(best["divergence"], "") if best else "Uni-Instruct",
                      "student NFE": "1", "student value": format(best[key], fmt) if best else NOT_RUN})
     teacher = next(r for r in toy["rows"] if r["kind"] == "teacher (learned)")
-    by_div = {d: _toy_runs(toy, d) for d in {r["divergence"] for r in toy["rows"]}}
-    means = {d: sum(r["teacher_nll"] for r in rs) / len(rs) for d, rs in by_div.items() if rs}
+    means = {d: m["teacher_nll"] for d, m in _toy_means(toy).items()}
     best = min(means, key=means.get) if means else None
     rows.append({"tier": "toy (CPU)", "dataset": f"2-D mixture ({toy['provenance']['params']['benchmark']})",
                  "metric": "teacher NLL ↓", "source": "ours", "teacher": "learned MLP score, Heun",
@@ -217,14 +228,11 @@ def status_table(results_dir: str | Path, toy: dict, digits: dict) -> pd.DataFra
                          "ours": f"{r['fid']:.1f} / {r['classifier_fd']:.2f}" if r["status"] == "ok" else NOT_RUN,
                          "hardware": hw, "status": f"{r['status']} (CPU tier)"})
     hw = describe_hardware(toy["provenance"]["hardware"])
-    order = list(DIVERGENCE_LABELS)
-    ran = {r["divergence"] for r in toy["rows"] if _toy_runs(toy, r["divergence"])}
-    for d in sorted(ran, key=lambda d: (order.index(d) if d in order else len(order), d)):
-        rs = _toy_runs(toy, d)
-        nll = sum(r["teacher_nll"] for r in rs) / len(rs)
-        rows.append({"method": _model_name(d, f"{len(rs)} seeds"), "dataset": toy["provenance"]["params"]["benchmark"],
-                     "metric": "teacher NLL ↓", "paper": NOT_IN_PAPER, "ours": f"{nll:.2f}", "hardware": hw,
-                     "status": "ok (CPU tier)"})
+    benchmark = toy["provenance"]["params"]["benchmark"]
+    for d, m in _toy_means(toy).items():
+        rows.append({"method": _model_name(d, f"{m['seeds']} seeds"), "dataset": benchmark,
+                     "metric": "teacher NLL ↓", "paper": NOT_IN_PAPER, "ours": f"{m['teacher_nll']:.2f}",
+                     "hardware": hw, "status": "ok (CPU tier)"})
     return pd.DataFrame(rows)
 
 
@@ -234,25 +242,11 @@ def write_report(table: pd.DataFrame, out_dir: str | Path, name: str, caption: s
 
     The LaTeX table moves the ``paper source`` column into its caption (each distinct source once).
     """
-    stem = Path(out_dir) / name
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    table.to_csv(stem.with_suffix(".csv"), index=False)
-    stem.with_suffix(".md").write_text(tables.to_markdown(table), encoding="utf-8")
-    sources = [s for s in dict.fromkeys(table.get("paper source", [])) if s]
-    if sources:
-        caption = f"{caption} Paper's numbers: {'; '.join(sources)}."
-    latex = tables.to_latex(table.drop(columns=["paper source"], errors="ignore"), caption, label_)
-    stem.with_suffix(".tex").write_text(latex, encoding="utf-8")
+    paths = tables.write_table(table, Path(out_dir) / name, caption, label_, source_column="paper source")
     digests = {str(p): sha256_file(p) for p in inputs}
-    record = provenance.write_json(stem.with_suffix(".json"), {
-        "table": name, "rows": len(table), "inputs": digests, "provenance": provenance.record(params, started)})
-    return [stem.with_suffix(".csv"), stem.with_suffix(".md"), stem.with_suffix(".tex"), record]
-
-
-def paper_run_files(results_dir: str | Path) -> list[Path]:
-    """The paper-tier result files a table read (for :func:`write_report`'s ``inputs``)."""
-    folder = Path(results_dir)
-    return sorted(folder.glob("*.json")) if folder.is_dir() else []
+    paths.append(provenance.write_json(Path(out_dir) / f"{name}.json", {
+        "table": name, "rows": len(table), "inputs": digests, "provenance": provenance.record(params, started)}))
+    return paths
 
 
 README_BEGIN = "<!-- status:begin (generated from results/tables/status.md by `uniinstruct readme`; do not edit) -->"

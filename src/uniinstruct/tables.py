@@ -12,7 +12,8 @@ _LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$",
 _LATEX_SYMBOLS = {"χ²": r"$\chi^2$", "∇": r"$\nabla$", "λ": r"$\lambda$", "σ": r"$\sigma$", "θ": r"$\theta$",
                   "α": r"$\alpha$", "≤": r"$\le$", "≥": r"$\ge$", "·": r"$\cdot$", "−": "-", "–": "--",
                   "×": r"$\times$", "ε": r"$\epsilon$", "Δ": r"$\Delta$", "∫": r"$\int$", "±": r"$\pm$",
-                  "²": r"$^2$", "‖": r"$\|$", "↑": r"$\uparrow$", "↓": r"$\downarrow$", "§": r"\S{}", "—": "---"}
+                  "²": r"$^2$", "‖": r"$\|$", "↑": r"$\uparrow$", "↓": r"$\downarrow$", "§": r"\S{}",
+                  "—": "---"}
 _SYMBOL_RE = re.compile("|".join(map(re.escape, sorted(_LATEX_SYMBOLS, key=len, reverse=True))))
 
 
@@ -50,12 +51,20 @@ def to_latex(df: pd.DataFrame, caption: str, label: str, float_format: str = ".3
     return "\n".join(lines) + "\n"
 
 
-def write_table(df: pd.DataFrame, stem: str | Path, caption: str, label: str) -> list[Path]:
-    """Write ``stem``.csv, .md and .tex; returns the paths."""
+def write_table(df: pd.DataFrame, stem: str | Path, caption: str, label: str,
+                source_column: str | None = None) -> list[Path]:
+    """Write ``stem``.csv, .md and .tex; returns the paths.
+
+    ``source_column``: kept in the CSV and Markdown; the LaTeX table moves it into its caption (each source once).
+    """
     stem = Path(stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
     paths = [stem.with_suffix(".csv"), stem.with_suffix(".md"), stem.with_suffix(".tex")]
     df.to_csv(paths[0], index=False)
     paths[1].write_text(to_markdown(df), encoding="utf-8")
+    if source_column in df.columns:
+        sources = [s for s in dict.fromkeys(df[source_column]) if s]
+        caption = f"{caption} Paper's numbers: {'; '.join(sources)}." if sources else caption
+        df = df.drop(columns=[source_column])
     paths[2].write_text(to_latex(df, caption, label), encoding="utf-8")
     return paths
