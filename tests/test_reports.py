@@ -78,14 +78,22 @@ def test_divergence_ablation_puts_our_runs_on_the_rows_of_their_setting(tmp_path
         row = by[(reports.label(div), "no", "yes")]
         assert row["digits FID (ours)"] == f"{mean_of(runs, 'fid'):.1f}"
         assert row["digits classifier FD (ours)"] == f"{mean_of(runs, 'classifier_fd'):.2f}"
-    for div in ("chi2", "js", "jkl", "rkl", "fkl"):       # toy: mean over the exact-estimator seeds
+    for div in ("chi2", "js", "jkl", "rkl", "fkl"):       # toy: mean over the exact-estimator seeds, GAN on ...
         runs = [r for r in TOY["rows"] if r["divergence"] == div and r["estimator"] == "exact"
-                and r["ratio"] == "logit" and r["kind"] == "uni-instruct"]
+                and r["ratio"] == "logit" and r["kind"] == "uni-instruct" and r["gan"]]
         assert len(runs) == 3
-        assert by[(reports.label(div), "no", "yes")]["toy NLL ↓ (ours)"] == f"{mean_of(runs, 'teacher_nll'):.2f}"
+        row = by[(reports.label(div), "no", "yes")]
+        assert row["toy NLL ↓ (ours)"] == f"{mean_of(runs, 'teacher_nll'):.2f}"
+        assert row["toy off-mode mass ↓ (ours)"] == f"{mean_of(runs, 'off_mode'):.3f}"
+        assert row["toy mode-mass TV ↓ (ours)"] == f"{mean_of(runs, 'mode_tv'):.3f}"
+    for div in ("rkl", "fkl"):                            # ... and off, on the paper's no-GAN rows
+        runs = [r for r in TOY["rows"] if r["divergence"] == div and r["kind"] == "uni-instruct" and not r["gan"]]
+        assert len(runs) == 3
+        assert by[(reports.label(div), "no", "no")]["toy off-mode mass ↓ (ours)"] == f"{mean_of(runs, 'off_mode'):.3f}"
+        assert by[(reports.label(div), "no", "no")]["digits FID (ours)"] == reports.NOT_RUN
     assert by[("RKL", "no", "no")]["CIFAR-10 FID (ours)"] == "1.70"          # our no-GAN GPU run: its own row
     assert by[("RKL", "no", "yes")]["CIFAR-10 FID (ours)"] == reports.NOT_RUN
-    for key in [("RKL", "no", "no"), ("FKL", "no", "no"), ("RKL", "yes", "yes"), ("none (GAN only)", "no", "yes")]:
+    for key in [("RKL", "yes", "yes"), ("none (GAN only)", "no", "yes")]:
         assert by[key]["toy NLL ↓ (ours)"] == reports.NOT_RUN and by[key]["digits FID (ours)"] == reports.NOT_RUN
     extra = table.iloc[len(published):]
     assert set(extra["divergence"]) == {"Hellinger", "Jeffreys", "Neyman χ²"}

@@ -163,7 +163,8 @@ def test_toy_report_is_json_ready():
     report = metrics.toy_report(q, q.sample(500, generator=gen(13)), generator=gen(14))
     assert json.loads(json.dumps(report)) == report
     assert set(report) == {"teacher_nll", "knn_entropy", "reverse_kl", "forward_kl", "frechet_distance", "mmd",
-                           "mode_fraction", "mode_ratio", "mode_min_ratio", "mode_covered", "mode_n_modes"}
+                           "mode_fraction", "mode_ratio", "mode_min_ratio", "mode_covered", "mode_n_modes",
+                           "off_mode", "mode_tv", "modes_above_half", "mode_mass"}
 
 
 def test_bad_input():
@@ -175,3 +176,56 @@ def test_bad_input():
     x = q.sample(50, generator=gen(15))
     with pytest.raises(ValueError, match="duplicates"):
         metrics.knn_entropy(torch.cat([x, x[:10]]))
+
+
+# ---------------------------------------------------------------------------- mass on and off the modes
+def test_mode_mass_of_teacher_samples_matches_chi_square():
+    """Samples of a well-separated isotropic mixture fall outside radius 3 of their own mode with probability
+    1 − F_χ²_d(9); per-mode masses converge to the weights. 200k samples: binomial SE of the off-mode mass ≈ 2.4e-4."""
+    from scipy.stats import chi2
+    from uniinstruct.toy.problems import benchmark
+
+    q = benchmark("ring8")
+    x = q.sample(200_000, generator=torch.Generator().manual_seed(3))
+    out = metrics.mode_mass(q, x)
+    expected = 1.0 - chi2.cdf(9.0, df=2)
+    se = math.sqrt(expected * (1 - expected) / len(x))
+    assert abs(out["off_mode"] - expected) < 5 * se
+    assert out["tv"] < 0.006            # multinomial noise: E TV ≈ Σ √(w(1−w)/(2πn)) ≈ 0.002
+    assert out["above_half"] == 8
+    assert sum(out["mass"]) == pytest.approx(1.0)
+    q3 = GaussianMixture([0.5, 0.5], [[0.0, 0.0, 0.0], [10.0, 0.0, 0.0]],
+                         [torch.eye(3).tolist(), (4 * torch.eye(3)).tolist()])
+    out3 = metrics.mode_mass(q3, q3.sample(200_000, generator=torch.Generator().manual_seed(4)))
+    expected3 = 1.0 - chi2.cdf(9.0, df=3)
+    assert abs(out3["off_mode"] - expected3) < 5 * math.sqrt(expected3 * (1 - expected3) / 200_000)
+
+
+def test_mode_mass_by_hand():
+    """Hand-placed points against an anisotropic two-mode mixture: Mahalanobis radius, nearest mode, TV."""
+    q = GaussianMixture([0.75, 0.25], [[0.0, 0.0], [10.0, 0.0]], [[[4.0, 0.0], [0.0, 0.25]], [[1.0, 0.0], [0.0, 1.0]]])
+    x = torch.tensor([[5.8, 0.0],     # Mahalanobis 2.9 from mode 0 along its long axis (std 2): inside
+                      [0.0, 1.55],    # 3.1 along the short axis (std 0.5): outside
+                      [10.0, 2.9],    # inside mode 1
+                      [0.0, 0.0]],    # inside mode 0
+                     dtype=torch.float64)
+    out = metrics.mode_mass(q, x)
+    assert out["off_mode"] == pytest.approx(0.25)
+    assert out["mass"] == pytest.approx([2 / 3, 1 / 3])
+    assert out["tv"] == pytest.approx(0.5 * (abs(2 / 3 - 0.75) + abs(1 / 3 - 0.25)))
+    assert out["above_half"] == 2
+    lonely = metrics.mode_mass(q, torch.tensor([[0.0, 0.0]], dtype=torch.float64))
+    assert lonely["above_half"] == 1 and lonely["tv"] == pytest.approx(0.25)
+
+
+def test_mean_interval_against_t_table():
+    from uniinstruct.tables import format_interval, mean_interval
+
+    mean, half = mean_interval([1.0, 2.0, 3.0])
+    assert mean == 2.0
+    assert half == pytest.approx(4.302653 / math.sqrt(3), rel=1e-6)   # t_{0.975, 2} = 4.302653 (printed tables)
+    assert math.isnan(mean_interval([0.5])[1])
+    assert format_interval([0.5]) == "0.5"
+    assert format_interval([1.0, 2.0, 3.0]) == "2 ± 2.5"
+    with pytest.raises(ValueError):
+        mean_interval([])

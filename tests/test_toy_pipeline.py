@@ -39,6 +39,7 @@ def test_run_names():
     assert run_name("fkl", "exact", 2) == "ui-fkl-exact-s2"
     assert run_name("jkl", "exact", 0, ratio="released") == "ui-jkl-exact-released-s0"
     assert run_name("fkl", "exact", 1, method="sida") == "m-sida-s1"
+    assert run_name("rkl", "exact", 2, use_gan=False) == "ui-rkl-exact-nogan-s2"
 
 
 @pytest.mark.slow
@@ -57,19 +58,22 @@ def test_toy_tier_end_to_end(tmp_path, tiny_toy_params):
     for flags in (["--divergence", "fkl"], ["--divergence", "rkl", "--seed", "1"], ["--method", "sida"],
                   ["--divergence", "jkl", "--ratio", "released"], ["--divergence", "js", "--estimator", "official"]):
         cli("toy", "distill", "--quiet", *flags, *where)
+    cli("toy", "ceiling", "--seed", "0", "--iterations", "30", "--quiet", *where)
     metrics_path = tmp_path / "results" / "toy" / "metrics.json"
     cli("toy", "evaluate", *where, "--out", str(metrics_path))
     rows = json.loads(metrics_path.read_text())["rows"]
-    assert [r["run"] for r in rows] == ["teacher-analytic-heun", "teacher-learned-heun", "m-sida-s0",
+    assert [r["run"] for r in rows] == ["teacher-analytic-heun", "teacher-learned-heun", "ceiling-i30-s0", "m-sida-s0",
                                         "ui-fkl-exact-s0", "ui-jkl-exact-released-s0", "ui-js-official-s0",
                                         "ui-rkl-exact-s1"]
-    assert all(0 <= r["mode_covered"] <= 8 and r["teacher_nll"] > 0 for r in rows)
+    assert all(0 <= r["mode_covered"] <= 8 and r["teacher_nll"] > 0 and 0 <= r["off_mode"] <= 1 for r in rows)
+    assert rows[2]["kind"] == "ceiling (30 regression steps)" and rows[2]["nfe"] == 1
     cli("notebook", "toy/ablation", "--params", str(params), "--out-dir",
         str(tmp_path / "results" / "toy"), "--executed-dir", str(tmp_path / "nb"),
         "--param", f"runs_dir={tmp_path / 'runs'}", "--param", f"teacher_dir={tmp_path / 'teacher'}")
     table = pd.read_csv(tmp_path / "results" / "toy" / "ablation.csv")
-    assert len(table) == 7 and table["source"].str.startswith("ours").all()
-    assert {"teacher NLL ↓", "modes covered", "MMD² ↓", "NFE"} <= set(table.columns)
+    assert len(table) == 8 and table["source"].str.startswith("ours").all()
+    assert {"off-mode mass ↓", "mode-mass TV ↓", "modes ≥ ½ weight", "teacher NLL ↓", "modes covered", "MMD² ↓",
+            "NFE"} <= set(table.columns)
     for fig in ("scatter_divergences", "scatter_methods_estimators", "curves"):
         assert (tmp_path / "results" / "toy" / "figures" / f"{fig}.png").stat().st_size > 5_000
     summary = json.loads((tmp_path / "results" / "metrics" / "toy.json").read_text())
@@ -118,3 +122,69 @@ def test_learned_teacher_is_used_in_the_losses(tmp_path):
     record = toy.distill_stage(cfg, dcfg, {}, tmp_path / "run", tmp_path / "teacher", progress=False)
     assert record["status"] == "ok"
     assert torch.all(torch.isfinite(torch.load(tmp_path / "run" / "samples.pt", weights_only=True)))
+
+
+def _tiny_toy(tmp_path, teacher="analytic"):
+    from dataclasses import replace
+
+    from uniinstruct.pipelines import toy
+
+    cfg = replace(ToyConfig(), teacher=teacher, hidden=16, depth=2, n_samples=200, heun_steps=3)
+    cfg = replace(cfg, teacher_train=replace(cfg.teacher_train, iterations=20, batch=32))
+    toy.teacher_stage(cfg, {}, tmp_path / "teacher", progress=False)
+    return cfg
+
+
+def test_runs_stage_in_two_processes_equals_one(tmp_path):
+    """The pooled runs (spawned workers, one thread each) write bit-identical samples to the same runs made one by
+    one in this process: every run seeds its own streams."""
+    from dataclasses import replace
+
+    from uniinstruct.pipelines import toy
+
+    cfg = _tiny_toy(tmp_path)
+    cfg = replace(cfg, distill=replace(cfg.distill, iterations=8, batch=16, warmup_fake_images=32,
+                                       warmup_sim_images=64, checkpoint_every=4),
+                  ceiling=replace(cfg.ceiling, iterations=[12], seeds=[1], pairs=256, batch=32),
+                  matrix=replace(cfg.matrix, divergences=["fkl"], seeds=[0, 1], no_gan_divergences=["jkl"],
+                                 no_gan_seeds=[0], official_seeds=[], methods=["sida"], released_divergences=[]))
+    names = [job.name for job in toy.plan(cfg)]
+    assert names == ["ui-fkl-exact-s0", "ui-fkl-exact-s1", "ui-jkl-exact-nogan-s0", "m-sida-s0", "ceiling-i12-s1"]
+    pooled = toy.runs_stage(cfg, {}, tmp_path / "pooled", tmp_path / "teacher", workers=2, progress=False)
+    alone = toy.runs_stage(cfg, {}, tmp_path / "alone", tmp_path / "teacher", workers=1, progress=False)
+    assert pooled == alone == names
+    for name in names:
+        a, b = (torch.load(tmp_path / d / name / "samples.pt", weights_only=True) for d in ("pooled", "alone"))
+        assert torch.equal(a, b), name
+    nogan = json.loads((tmp_path / "pooled" / "ui-jkl-exact-nogan-s0" / "run.json").read_text())
+    assert nogan["config"]["use_gan"] is False and nogan["config"]["divergence"] == "jkl"
+
+
+def test_ceiling_regresses_onto_the_heun_map(tmp_path):
+    """The ceiling's pairs are the teacher's Heun solutions from σ_max z, and the fit moves the generator network
+    towards them: held-out MSE under half the starting network's and under half the best constant map's (the targets'
+    total variance). A 16×2 network in 300 steps cannot follow the map's jumps between modes, so no tighter bound."""
+    from dataclasses import replace
+
+    from uniinstruct.pipelines import toy
+    from uniinstruct.sampling import heun_sampler
+
+    cfg = replace(_tiny_toy(tmp_path), heun_steps=12)
+    cfg = replace(cfg, ceiling=replace(cfg.ceiling, pairs=2048, batch=128))
+    denoiser = toy.loss_teacher(cfg, tmp_path / "teacher")
+    z, x = toy.ode_pairs(cfg, denoiser, 64, torch.Generator().manual_seed(5))
+    d = cfg.distill
+    direct = heun_sampler(denoiser, z.double(), num_steps=cfg.heun_steps, sigma_max=d.sigma_max, sigma_min=d.sigma_min,
+                          rho=d.rho)
+    assert torch.allclose(x, direct.float())
+    z_test, x_test = toy.ode_pairs(cfg, denoiser, 2048, torch.Generator().manual_seed(6))
+    sigma = torch.full((len(z_test),), d.sigma_init)
+
+    def mse(net):
+        with torch.no_grad():
+            return float((net(d.sigma_init * z_test, sigma) - x_test).pow(2).sum(1).mean())
+
+    fitted, history = toy.fit_ceiling(cfg, tmp_path / "teacher", seed=0, iterations=300)
+    assert len(history) == 300
+    assert mse(fitted) < 0.5 * mse(toy.load_mlp_teacher(cfg, tmp_path / "teacher"))
+    assert mse(fitted) < 0.5 * float(x_test.var(0).sum())

@@ -4,7 +4,8 @@ Commands:
   info          print code version, library versions and hardware as JSON
   divergences   list the f-divergence registry
   notebook      validate a params.yaml section and execute a papermill notebook with it
-  toy           the 2-D toy tier's stages: teacher, distill, evaluate
+  toy           the 2-D toy tier's stages: teacher, runs (every distill and ceiling run of the matrix, in parallel
+                processes), evaluate; distill and ceiling run one of them
   digits        the image tier's stages: teacher, classifier, distill, sample, evaluate
                 (distill over several processes: torchrun --standalone --nproc_per_node N -m uniinstruct.cli digits distill)
   paper         the paper tier (GPUs): teacher | distill | fid --profile cifar10-uncond|cifar10-cond|imagenet64-cond
@@ -124,10 +125,22 @@ def cmd_toy(args: argparse.Namespace) -> int:
         print(json.dumps(toy.teacher_stage(cfg, params, teacher_dir, progress=not args.quiet), indent=2))
     elif args.stage == "distill":
         dcfg, overrides = _distill_config(args, cfg.distill, "toy")
-        name = toy.run_name(dcfg.divergence, dcfg.estimator, dcfg.seed, dcfg.method, dcfg.ratio)
+        name = toy.run_name(dcfg.divergence, dcfg.estimator, dcfg.seed, dcfg.method, dcfg.ratio, dcfg.use_gan)
         toy.distill_stage(cfg, dcfg, {**params, "run": overrides}, runs_dir / name, teacher_dir,
                           progress=not args.quiet)
         print(f"distilled {name} -> {runs_dir / name}")
+    elif args.stage == "runs":
+        names = toy.runs_stage(cfg, params, runs_dir, teacher_dir, workers=args.workers, progress=not args.quiet)
+        print(f"trained {len(names)} toy runs -> {runs_dir}")
+    elif args.stage == "ceiling":
+        seed = 0 if args.seed is None else args.seed
+        iterations = args.iterations or cfg.ceiling.iterations[0]
+        if iterations < 1:
+            raise ConfigError(f"--iterations must be ≥ 1, got {iterations}")
+        name = toy.ceiling_name(seed, iterations)
+        toy.ceiling_stage(cfg, {**params, "run": {"seed": seed, "iterations": iterations}}, runs_dir / name,
+                          teacher_dir, seed, iterations)
+        print(f"fitted the one-step ceiling {name} -> {runs_dir / name}")
     else:
         rows = toy.evaluate_stage(cfg, params, runs_dir, teacher_dir, Path(args.out))
         print(f"evaluated {len(rows)} sample sets -> {args.out}")
@@ -229,8 +242,10 @@ def build_parser() -> argparse.ArgumentParser:
     rd.add_argument("--status", default="results/tables/status.md")
     rd.add_argument("--check", action="store_true", help="exit 1 if the README is out of date; write nothing")
     rd.set_defaults(func=cmd_readme)
-    toy = sub.add_parser("toy", help="2-D toy tier: teacher | distill | evaluate")
-    toy.add_argument("stage", choices=["teacher", "distill", "evaluate"])
+    toy = sub.add_parser("toy", help="2-D toy tier: teacher | runs | evaluate (distill, ceiling: one run)")
+    toy.add_argument("stage", choices=["teacher", "distill", "ceiling", "runs", "evaluate"])
+    toy.add_argument("--workers", type=int, default=2, help="runs: processes (one torch thread each)")
+    toy.add_argument("--iterations", type=int, help="ceiling: regression steps (default: toy.ceiling.iterations[0])")
     toy.add_argument("--params", default="params.yaml", help="parameter file (section: toy)")
     toy.add_argument("--teacher-dir", default="results/toy/teacher")
     toy.add_argument("--runs-dir", default="runs/toy", help="one folder per distillation run")

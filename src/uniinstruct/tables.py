@@ -5,7 +5,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
+from scipy import stats
 
 _LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
                   "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
@@ -15,6 +17,24 @@ _LATEX_SYMBOLS = {"χ²": r"$\chi^2$", "∇": r"$\nabla$", "λ": r"$\lambda$", "
                   "²": r"$^2$", "‖": r"$\|$", "↑": r"$\uparrow$", "↓": r"$\downarrow$", "§": r"\S{}",
                   "—": "---"}
 _SYMBOL_RE = re.compile("|".join(map(re.escape, sorted(_LATEX_SYMBOLS, key=len, reverse=True))))
+
+
+def mean_interval(values, level: float = 0.95) -> tuple[float, float]:
+    """Mean and half-width of the Student-t ``level`` interval of the mean over seeds (half-width NaN for one
+    value: one seed has no interval)."""
+    x = np.asarray(values, dtype=float)
+    if x.size == 0:
+        raise ValueError("mean_interval needs at least one value")
+    if x.size == 1:
+        return float(x[0]), float("nan")
+    half = stats.t.ppf(0.5 + level / 2, x.size - 1) * x.std(ddof=1) / np.sqrt(x.size)
+    return float(x.mean()), float(half)
+
+
+def format_interval(values, digits: int = 3) -> str:
+    """``mean ± half-width`` of the 95% interval over seeds (just the mean for one seed)."""
+    mean, half = mean_interval(values)
+    return f"{mean:.{digits}g}" if np.isnan(half) else f"{mean:.{digits}g} ± {half:.2g}"
 
 
 def latex_escape(text: str) -> str:

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import copy
 import json
+import multiprocessing
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -43,6 +44,23 @@ class TeacherTrainConfig:
 
 
 @dataclass
+class CeilingConfig:
+    """The one-step capacity ceiling: the generator network regressed onto the teacher's ODE map."""
+
+    iterations: list[int] = field(default_factory=lambda: [3000, 8000])   # Adam steps; one run per entry and seed
+    pairs: int = 65536              # noise → Heun sample pairs drawn once from the loss teacher's ODE
+    batch: int = 256
+    lr: float = 1e-3                # cosine-annealed to 0
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+
+    def check(self):
+        problems = positive(pairs=self.pairs, batch=self.batch, lr=self.lr)
+        if not self.iterations or min(self.iterations) < 1:
+            problems.append(("iterations", f"must be a non-empty list of positive counts, got {self.iterations}"))
+        return problems
+
+
+@dataclass
 class ToyMatrix:
     """The runs of dvc.yaml's matrix stages (validated here, expanded by DVC)."""
 
@@ -54,10 +72,13 @@ class ToyMatrix:
     method_seeds: list[int] = field(default_factory=lambda: [0])            # toy_methods
     released_divergences: list[str] = field(default_factory=lambda: ["fkl", "jkl"])
     released_seeds: list[int] = field(default_factory=lambda: [0])          # toy_released (batch-level ratio)
+    no_gan_divergences: list[str] = field(default_factory=lambda: ["rkl", "fkl", "jkl"])
+    no_gan_seeds: list[int] = field(default_factory=lambda: [0, 1, 2])      # the same runs without the GAN term
 
     def check(self):
         return (valid_names("divergences", self.divergences, divergences.get)
                 + valid_names("released_divergences", self.released_divergences, divergences.get)
+                + valid_names("no_gan_divergences", self.no_gan_divergences, divergences.get)
                 + valid_names("methods", self.methods, methods.get))
 
 
@@ -71,6 +92,7 @@ class ToyConfig:
     n_samples: int = 4000           # samples per run for the metrics
     heun_steps: int = 18            # the teacher's reference sampler (NFE = 2·steps − 1)
     distill: DistillConfig = field(default_factory=DistillConfig)
+    ceiling: CeilingConfig = field(default_factory=CeilingConfig)   # the ceiling stage (one-step regression)
     matrix: ToyMatrix = field(default_factory=ToyMatrix)   # read by dvc.yaml's matrix stages
 
     def check(self):
@@ -111,20 +133,32 @@ def train_teacher(cfg: ToyConfig, progress: bool = False) -> tuple[EDMPrecond, l
     torch.manual_seed(t.seed)
     net = toy_denoiser(mixture.dim, cfg.hidden, cfg.depth, sd)
     gen = torch.Generator().manual_seed(t.seed)
-    opt = torch.optim.Adam(net.parameters(), lr=t.lr)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, t.iterations)
-    history = []
-    for _ in tqdm(range(t.iterations), desc="teacher", disable=not progress):
+
+    def batch_loss():
         x = mixture.sample(t.batch, generator=gen).float()
         sigma = torch.exp(torch.randn(t.batch, generator=gen) * cfg.distill.p_std + cfg.distill.p_mean)
         noise = torch.randn(x.shape, generator=gen) * sigma[:, None]
-        loss = losses.fake_score_loss(net(x + noise, sigma), x, sigma, sd).mean()
+        return losses.fake_score_loss(net(x + noise, sigma), x, sigma, sd).mean()
+
+    history = fit_adam_cosine(net, batch_loss, t.iterations, t.lr, "teacher", progress)
+    return net.requires_grad_(False), history
+
+
+def fit_adam_cosine(net: nn.Module, batch_loss, iterations: int, lr: float, desc: str = "fit",
+                    progress: bool = False) -> list[float]:
+    """``iterations`` Adam steps on ``batch_loss()`` with the learning rate cosine-annealed from ``lr`` to 0; the
+    losses."""
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, iterations)
+    history = []
+    for _ in tqdm(range(iterations), desc=desc, disable=not progress):
+        loss = batch_loss()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
         history.append(loss.item())
-    return net.requires_grad_(False), history
+    return history
 
 
 def load_mlp_teacher(cfg: ToyConfig, teacher_dir: Path) -> EDMPrecond:
@@ -159,11 +193,13 @@ def teacher_stage(cfg: ToyConfig, params: dict, out_dir: Path, progress: bool = 
 
 
 # ---------------------------------------------------------------------------- distill stage
-def run_name(divergence: str, estimator: str, seed: int, method: str = "", ratio: str = "logit") -> str:
-    """Folder name of one run: ``ui-<div>-<estimator>[-<ratio>]-s<seed>`` or ``m-<method>-s<seed>``."""
+def run_name(divergence: str, estimator: str, seed: int, method: str = "", ratio: str = "logit",
+             use_gan: bool = True) -> str:
+    """Folder name of one run: ``ui-<div>-<estimator>[-<ratio>][-nogan]-s<seed>`` or ``m-<method>-s<seed>``."""
     if method:
         return f"m-{method}-s{seed}"
-    return f"ui-{divergence}-{estimator}{'' if ratio == 'logit' else '-' + ratio}-s{seed}"
+    return (f"ui-{divergence}-{estimator}{'' if ratio == 'logit' else '-' + ratio}{'' if use_gan else '-nogan'}"
+            f"-s{seed}")
 
 
 def build_distiller(cfg: ToyConfig, dcfg: DistillConfig, teacher_dir: Path) -> Distiller:
@@ -202,6 +238,120 @@ def distill_stage(cfg: ToyConfig, dcfg: DistillConfig, params: dict, run_dir: Pa
     return record
 
 
+# ---------------------------------------------------------------------------- ceiling stage
+def ode_pairs(cfg: ToyConfig, denoiser: nn.Module, n: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """n pairs (z, x) with x the teacher's Heun solution of the probability-flow ODE from σ_max z."""
+    d = cfg.distill
+    z = torch.randn(n, 2, generator=generator)
+    x = heun_sampler(denoiser, z.double(), num_steps=cfg.heun_steps, sigma_max=d.sigma_max, sigma_min=d.sigma_min,
+                     rho=d.rho)
+    return z, x.float()
+
+
+def fit_ceiling(cfg: ToyConfig, teacher_dir: Path, seed: int, iterations: int) -> tuple[nn.Module, list[float]]:
+    """The generator network (started, as in distillation, from the MLP teacher) regressed by MSE onto the ODE map
+    z ↦ Heun(σ_max z) of the loss teacher: what one step of this network can reach when told the answer."""
+    c = cfg.ceiling
+    gen = torch.Generator().manual_seed(seed)
+    z, x = ode_pairs(cfg, loss_teacher(cfg, teacher_dir), c.pairs, gen)
+    net = load_mlp_teacher(cfg, teacher_dir).requires_grad_(True)
+    sigma = torch.full((c.batch,), cfg.distill.sigma_init)
+
+    def batch_loss():
+        idx = torch.randint(c.pairs, (c.batch,), generator=gen)
+        return (net(cfg.distill.sigma_init * z[idx], sigma) - x[idx]).pow(2).sum(1).mean()
+
+    history = fit_adam_cosine(net, batch_loss, iterations, c.lr)
+    return net.requires_grad_(False), history
+
+
+def ceiling_name(seed: int, iterations: int) -> str:
+    return f"ceiling-i{iterations}-s{seed}"
+
+
+def ceiling_stage(cfg: ToyConfig, params: dict, run_dir: Path, teacher_dir: Path, seed: int, iterations: int) -> dict:
+    """Fit the capacity ceiling and write its one-step samples (same noise as a distilled run of this seed)."""
+    started = time.perf_counter()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    net, history = fit_ceiling(cfg, teacher_dir, seed, iterations)
+    z = torch.randn(cfg.n_samples, 2, generator=torch.Generator().manual_seed(10_000 + seed))
+    with torch.no_grad():
+        samples = net(cfg.distill.sigma_init * z, torch.full((len(z),), cfg.distill.sigma_init))
+    torch.save(samples.double(), run_dir / "samples.pt")
+    record = {"kind": "ceiling", "config": asdict(cfg.ceiling), "seed": seed, "iterations": iterations, "status": "ok",
+              "final_loss": sum(history[-100:]) / min(100, len(history)),
+              "history": [{"iteration": i + 1, "mse": v} for i, v in enumerate(history) if (i + 1) % 100 == 0]}
+    provenance.write_json(run_dir / "run.json", {**record, "provenance": provenance.record(params, started)})
+    return record
+
+
+# ---------------------------------------------------------------------------- all runs of the tier
+@dataclass(frozen=True)
+class Job:
+    """One run of the toy tier: a distillation (``overrides`` of ``toy.distill``) or a ceiling fit."""
+
+    name: str                       # its folder under the runs directory
+    overrides: dict                 # distill: keys of DistillConfig; ceiling: {"seed", "iterations"}
+    ceiling: bool = False
+
+
+def plan(cfg: ToyConfig) -> list[Job]:
+    """Every run of ``toy.matrix`` and ``toy.ceiling``, in a fixed order."""
+    m, jobs = cfg.matrix, []
+
+    def distill(**overrides):
+        full = {**asdict(cfg.distill), **overrides}
+        name = run_name(full["divergence"], full["estimator"], full["seed"], full["method"], full["ratio"],
+                        full["use_gan"])
+        jobs.append(Job(name, overrides))
+
+    for d in m.divergences:
+        for seed in m.seeds:
+            distill(divergence=d, estimator="exact", seed=seed)
+    for d in m.no_gan_divergences:
+        for seed in m.no_gan_seeds:
+            distill(divergence=d, estimator="exact", seed=seed, use_gan=False)
+    for d in m.divergences:
+        for seed in m.official_seeds:
+            distill(divergence=d, estimator="official", seed=seed)
+    for method in m.methods:
+        for seed in m.method_seeds:
+            distill(method=method, seed=seed)
+    for d in m.released_divergences:
+        for seed in m.released_seeds:
+            distill(divergence=d, estimator="exact", ratio="released", seed=seed)
+    for iterations in cfg.ceiling.iterations:
+        for seed in cfg.ceiling.seeds:
+            jobs.append(Job(ceiling_name(seed, iterations), {"seed": seed, "iterations": iterations}, ceiling=True))
+    return jobs
+
+
+def run_job(cfg: ToyConfig, params: dict, job: Job, runs_dir: Path, teacher_dir: Path) -> str:
+    """Run one job (resuming a distillation from its checkpoint); returns its name."""
+    torch.set_num_threads(1)
+    if job.ceiling:
+        ceiling_stage(cfg, {**params, "run": job.overrides}, runs_dir / job.name, teacher_dir, **job.overrides)
+    else:
+        dcfg = replace(cfg.distill, **job.overrides)
+        distill_stage(cfg, dcfg, {**params, "run": job.overrides}, runs_dir / job.name, teacher_dir, progress=False)
+    return job.name
+
+
+def runs_stage(cfg: ToyConfig, params: dict, runs_dir: Path, teacher_dir: Path, workers: int = 2,
+               progress: bool = True) -> list[str]:
+    """Every run of :func:`plan`, ``workers`` processes at a time with one torch thread each (two threads per
+    process on two busy cores run far slower than one). Each run seeds its own streams, so the results do not
+    depend on ``workers`` or on the order the runs finish in."""
+    jobs = plan(cfg)
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    if workers <= 1:
+        return [run_job(cfg, params, job, runs_dir, teacher_dir) for job in tqdm(jobs, disable=not progress)]
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(workers, maxtasksperchild=None) as pool:
+        pending = [pool.apply_async(run_job, (cfg, params, job, runs_dir, teacher_dir)) for job in jobs]
+        return [p.get() for p in tqdm(pending, desc="toy runs", disable=not progress)]
+
+
 # ---------------------------------------------------------------------------- evaluate stage
 def evaluate_stage(cfg: ToyConfig, params: dict, runs_dir: Path, teacher_dir: Path, out_path: Path) -> list[dict]:
     """Metrics of every run's samples and of the teacher's Heun samples against the exact teacher."""
@@ -225,12 +375,16 @@ def evaluate_stage(cfg: ToyConfig, params: dict, runs_dir: Path, teacher_dir: Pa
 
 def _describe_teacher(info: dict, kind: str) -> dict:
     return {"kind": f"teacher ({kind})", "divergence": "", "estimator": "", "method": "", "ratio": "", "seed": -1,
-            "nfe": info["nfe"], "status": "ok", "wall_time_s": info["provenance"]["wall_time_s"]}
+            "nfe": info["nfe"], "status": "ok", "wall_time_s": info["provenance"]["wall_time_s"], "gan": False}
 
 
 def _describe_run(info: dict) -> dict:
+    if info.get("kind") == "ceiling":
+        return {"kind": f"ceiling ({info['iterations']} regression steps)", "divergence": "", "estimator": "", "method": "",
+                "ratio": "", "seed": info["seed"], "nfe": 1, "status": info["status"], "gan": False,
+                "wall_time_s": info["provenance"]["wall_time_s"]}
     c = info["config"]
     return {"kind": "method" if c["method"] else "uni-instruct", "divergence": "" if c["method"] else c["divergence"],
             "estimator": "" if c["method"] else c["estimator"], "method": c["method"], "ratio": c["ratio"],
-            "seed": c["seed"], "nfe": 1, "wall_time_s": info["provenance"]["wall_time_s"],
+            "seed": c["seed"], "nfe": 1, "wall_time_s": info["provenance"]["wall_time_s"], "gan": c["use_gan"],
             "status": info["status"] if info["status"] == "ok" else f"diverged at iteration {info['diverged_at']}"}

@@ -24,6 +24,7 @@ from torch import Tensor
 from uniinstruct.toy.mixture import GaussianMixture
 
 COVERED_AT = 0.5  # a mode counts as covered when it gets at least half of its teacher weight
+MODE_RADIUS = 3.0  # a sample belongs to a mode when its Mahalanobis distance to the mode's mean is at most this
 
 
 def _check(x: Tensor, d: int | None = None, name: str = "x") -> Tensor:
@@ -63,6 +64,29 @@ def mode_coverage(q: GaussianMixture, x: Tensor) -> dict:
     ratio = fraction / q.weights
     return {"fraction": fraction.tolist(), "ratio": ratio.tolist(), "min_ratio": float(ratio.min()),
             "covered": int((ratio >= COVERED_AT).sum()), "n_modes": q.n_components}
+
+
+def mode_mass(q: GaussianMixture, x: Tensor, radius: float = MODE_RADIUS) -> dict:
+    """Where the samples' mass sits: within ``radius`` standard deviations (Mahalanobis) of a mode mean, or off
+    every mode.
+
+    ``off_mode`` is the share of samples near no mode (the bridges a one-step map draws between modes);
+    ``tv`` is the total variation ½ Σ |m_k − w_k| between the normalised per-mode masses m_k and the weights;
+    ``above_half`` counts the modes with m_k ≥ w_k / 2. A sample within reach of several modes counts for the
+    nearest. For samples of q itself with well-separated modes, E[off_mode] = 1 − F_χ²_d(radius²)."""
+    x = _check(x, q.dim)
+    diff = x[:, None, :] - q.means[None]                                    # [N, K, d]
+    chol = torch.linalg.cholesky(q.covs)                                    # [K, d, d]
+    white = torch.linalg.solve_triangular(chol, diff.permute(1, 2, 0), upper=False)   # [K, d, N]
+    dist = white.pow(2).sum(1).sqrt().T                                     # [N, K] Mahalanobis distances
+    nearest = dist.min(-1)
+    inside = nearest.values <= radius
+    counts = torch.bincount(nearest.indices[inside], minlength=q.n_components).to(torch.float64)
+    mass = counts / counts.sum().clamp_min(1.0)
+    return {"off_mode": float(1.0 - inside.to(torch.float64).mean()),
+            "tv": float(0.5 * (mass - q.weights).abs().sum()),
+            "above_half": int((mass >= COVERED_AT * q.weights).sum()),
+            "mass": mass.tolist()}
 
 
 def knn_entropy(x: Tensor, k: int = 5) -> float:
@@ -135,6 +159,7 @@ def toy_report(q: GaussianMixture, x: Tensor, generator: torch.Generator | None 
     reference = q.sample(m, generator=generator)
     nll, entropy = teacher_nll(q, x), knn_entropy(x)
     coverage = mode_coverage(q, x)
+    near = mode_mass(q, x)
     return {
         "teacher_nll": nll,
         "knn_entropy": entropy,
@@ -143,4 +168,8 @@ def toy_report(q: GaussianMixture, x: Tensor, generator: torch.Generator | None 
         "frechet_distance": frechet_distance(q, x),
         "mmd": mmd(x[:m], reference),
         **{f"mode_{key}": value for key, value in coverage.items()},
+        "off_mode": near["off_mode"],
+        "mode_tv": near["tv"],
+        "modes_above_half": near["above_half"],
+        "mode_mass": near["mass"],
     }
