@@ -72,7 +72,7 @@ def test_toy_tier_end_to_end(tmp_path, tiny_toy_params):
         "--param", f"runs_dir={tmp_path / 'runs'}", "--param", f"teacher_dir={tmp_path / 'teacher'}")
     table = pd.read_csv(tmp_path / "results" / "toy" / "ablation.csv")
     assert len(table) == 8 and table["source"].str.startswith("ours").all()
-    assert {"off-mode mass ↓", "mode-mass TV ↓", "modes ≥ ½ weight", "teacher NLL ↓", "modes covered", "MMD² ↓",
+    assert {"off-mode mass ↓", "mode-mass TV ↓", "modes ≥ half weight", "teacher NLL ↓", "modes covered", "MMD² ↓",
             "NFE"} <= set(table.columns)
     for fig in ("scatter_divergences", "scatter_methods_estimators", "curves"):
         assert (tmp_path / "results" / "toy" / "figures" / f"{fig}.png").stat().st_size > 5_000
