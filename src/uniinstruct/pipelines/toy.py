@@ -1,9 +1,10 @@
-"""The toy tier's DVC stages: teacher, distill (one run per matrix entry, sampling included), evaluate.
+"""The toy tier's DVC stages: teacher, runs (every distillation and ceiling fit, in parallel processes), evaluate.
 
 The teacher stage always fits an MLP denoiser to the mixture's samples: as in the paper, the fake score
 and the generator start from its weights. The denoiser used in the losses is either the mixture's own
 exact Tweedie denoiser (``teacher: analytic``) or that MLP (``teacher: learned``, the realistic case).
-Students are one-step generators G(σ_init z; σ_init) distilled with the full Uni-Instruct loop.
+Students are one-step generators G(σ_init z; σ_init) distilled with the full Uni-Instruct loop; the one-step
+capacity ceiling is the same generator network regressed onto the teacher's ODE map.
 """
 
 from __future__ import annotations
@@ -62,16 +63,16 @@ class CeilingConfig:
 
 @dataclass
 class ToyMatrix:
-    """The runs of dvc.yaml's matrix stages (validated here, expanded by DVC)."""
+    """The distillation runs of the toy_runs stage (:func:`plan`)."""
 
     divergences: list[str] = field(default_factory=lambda: ["rkl", "fkl", "jeffreys", "jkl", "js", "chi2", "neyman",
                                                              "hellinger"])
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])             # toy_ui (exact estimator)
-    official_seeds: list[int] = field(default_factory=lambda: [0])          # toy_official
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])             # every divergence, exact estimator
+    official_seeds: list[int] = field(default_factory=lambda: [0])          # the released code's estimator
     methods: list[str] = field(default_factory=lambda: ["diff_instruct", "dmd2", "sim", "sid", "sida", "f_distill"])
-    method_seeds: list[int] = field(default_factory=lambda: [0])            # toy_methods
+    method_seeds: list[int] = field(default_factory=lambda: [0])            # prior methods
     released_divergences: list[str] = field(default_factory=lambda: ["fkl", "jkl"])
-    released_seeds: list[int] = field(default_factory=lambda: [0])          # toy_released (batch-level ratio)
+    released_seeds: list[int] = field(default_factory=lambda: [0])          # the released batch-level ratio
     no_gan_divergences: list[str] = field(default_factory=lambda: ["rkl", "fkl", "jkl"])
     no_gan_seeds: list[int] = field(default_factory=lambda: [0, 1, 2])      # the same runs without the GAN term
 
@@ -93,7 +94,7 @@ class ToyConfig:
     heun_steps: int = 18            # the teacher's reference sampler (NFE = 2·steps − 1)
     distill: DistillConfig = field(default_factory=DistillConfig)
     ceiling: CeilingConfig = field(default_factory=CeilingConfig)   # the ceiling stage (one-step regression)
-    matrix: ToyMatrix = field(default_factory=ToyMatrix)   # read by dvc.yaml's matrix stages
+    matrix: ToyMatrix = field(default_factory=ToyMatrix)   # the runs of the toy_runs stage
 
     def check(self):
         problems = positive(hidden=self.hidden, depth=self.depth, n_samples=self.n_samples,
