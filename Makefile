@@ -1,6 +1,7 @@
 # Two commands do everything on a fresh machine (see README):
 #   make repro   create .venv if needed, then run the DVC pipeline (default CPU tier)
-#   make test    create .venv if needed, then run the test suite
+#   make test    create .venv if needed, then run the test suite (two worker processes, one torch thread each)
+#   make test-fast   the same without the tests marked slow (unit tests, about a minute)
 PYTHON ?= python3.11
 VENV   := .venv
 BIN    := $(abspath $(VENV))/bin
@@ -9,7 +10,7 @@ BIN    := $(abspath $(VENV))/bin
 export OMP_NUM_THREADS ?= 1
 export PATH := $(BIN):$(PATH)
 
-.PHONY: repro test env clean-env paper
+.PHONY: repro test test-fast env clean-env paper
 
 env: $(VENV)/.installed
 
@@ -23,8 +24,14 @@ $(VENV)/.installed: pyproject.toml
 repro: env
 	dvc repro
 
+# Two pytest workers (pytest-xdist), each with one torch thread (tests/conftest.py); worksteal balances the long tests.
+PYTEST := python -m pytest -n 2 --dist worksteal
+
 test: env
-	python -m pytest
+	$(PYTEST)
+
+test-fast: env
+	$(PYTEST) -m "not slow"
 
 clean-env:
 	rm -rf $(VENV)

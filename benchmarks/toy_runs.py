@@ -34,6 +34,7 @@ def main() -> None:
     from uniinstruct.pipelines import toy
     from uniinstruct.toy.metrics import mode_mass
     from uniinstruct.toy.problems import benchmark
+    from uniinstruct.training.distill import run_name
 
     torch.set_num_threads(1)
     cfg = load_section(toy.ToyConfig, "toy", args.params)
@@ -53,7 +54,7 @@ def main() -> None:
                   f"{len(names) * iterations / seconds:.0f} runs·iterations/s")
         print(f"{'divergence':10s} {'off-mode':>9s} {'mode TV':>8s}")
         for d in cfg.matrix.divergences:
-            found = [mode_mass(q, torch.load(runs_dir / toy.run_name(d, "exact", s) / "samples.pt", weights_only=True))
+            found = [mode_mass(q, torch.load(runs_dir / run_name(d, "exact", s) / "samples.pt", weights_only=True))
                      for s in args.seeds]
             print(f"{d:10s} {sum(m['off_mode'] for m in found) / len(found):9.3f} "
                   f"{sum(m['tv'] for m in found) / len(found):8.3f}")

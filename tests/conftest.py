@@ -2,18 +2,35 @@
 
 import copy
 import functools
+import io
+import os
 import pickle
+import struct
+import subprocess
 import sys
+import tarfile
 import threading
 import types
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# One torch thread per process, here and in the subprocesses tests start: on a 2-core machine two threads under
+# contention run ~250x slower, and `pytest -n 2` already uses both cores.
+os.environ["OMP_NUM_THREADS"] = "1"
+torch.set_num_threads(1)
+
+
+def run_cli(*args, cwd=ROOT, env=None) -> "subprocess.CompletedProcess[str]":
+    """``python -m uniinstruct.cli ARGS`` in a fresh process (the way DVC calls it), output captured as text."""
+    return subprocess.run([sys.executable, "-m", "uniinstruct.cli", *map(str, args)], cwd=cwd, env=env,
+                          capture_output=True, text=True)
 
 
 @pytest.fixture
@@ -95,3 +112,60 @@ def edm_pickle(net: torch.nn.Module, persist) -> bytes:
         if type(module).__module__.startswith("uniinstruct"):
             persist(module)
     return pickle.dumps({"ema": net, "loss_fn": None, "augment_pipe": None, "dataset_kwargs": {}}, protocol=4)
+
+
+# CIFAR-10 tarballs in the real layout (tests/test_cifar.py, tests/test_paper_pipeline.py)
+NUMPY_RECONSTRUCT = np.zeros(1).__reduce__()[0]
+
+
+class Py2Pickler(pickle._Pickler):
+    """Writes bytes as Python 2 ``str`` (BINSTRING) and numpy 1's global names, like the real CIFAR-10 batches."""
+
+    dispatch = dict(pickle._Pickler.dispatch)
+
+    def save_py2_str(self, obj):
+        head = pickle.SHORT_BINSTRING + bytes([len(obj)]) if len(obj) < 256 else pickle.BINSTRING + struct.pack(
+            "<i", len(obj))
+        self.write(head + obj)
+        self.memoize(obj)
+
+    dispatch[bytes] = save_py2_str
+
+    def save_global(self, obj, name=None):
+        if obj is NUMPY_RECONSTRUCT:
+            self.write(pickle.GLOBAL + b"numpy.core.multiarray\n_reconstruct\n")
+            self.memoize(obj)
+        else:
+            super().save_global(obj, name)
+
+
+def dumps(obj, style):
+    if style == "py3":
+        return pickle.dumps(obj, protocol=2)
+    out = io.BytesIO()
+    Py2Pickler(out, protocol=2).dump(obj)
+    return out.getvalue()
+
+
+def make_tarball(path, members):
+    with tarfile.open(path, "w:gz") as tar:
+        for name, payload in members.items():
+            info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
+            info.size = len(payload)
+            tar.addfile(info, io.BytesIO(payload))
+    return path
+
+
+def cifar_members(style="py2", n=(2, 2, 2, 2, 2, 3), seed=0):
+    """Batches of random HWC images as CIFAR stores them (R, G, B planes, row-major); returns members, truth."""
+    rng = np.random.default_rng(seed)
+    members, truth = {}, {}
+    for name, count in zip([f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"], n):
+        hwc = rng.integers(0, 256, size=(count, 32, 32, 3), dtype=np.uint8)
+        rows = np.concatenate([hwc[..., c].reshape(count, 1024) for c in range(3)], axis=1)
+        labels = rng.integers(0, 10, size=count).tolist()
+        members[name] = dumps({b"batch_label": name.encode(), b"labels": labels, b"data": rows,
+                               b"filenames": [b"x.png"] * count}, style)
+        truth[name] = (hwc, labels)
+    members["batches.meta"] = dumps({b"label_names": [b"airplane"] * 10, b"num_vis": 3072}, style)
+    return members, truth

@@ -2,13 +2,13 @@
 
 import json
 import subprocess
-import sys
 import time
 from dataclasses import asdict
 
 import pytest
 import yaml
 
+from conftest import run_cli
 from uniinstruct import cli, divergences, provenance
 from uniinstruct.config import ConfigError, from_dict, load_section
 from uniinstruct.theory.report import TheoryConfig
@@ -66,15 +66,32 @@ def test_missing_section(tmp_path):
         load_section(TheoryConfig, "theory", path)
 
 
-def run_cli(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "uniinstruct.cli", *args], capture_output=True, text=True, cwd=cwd)
-
-
 def test_help_lists_commands():
     out = run_cli("--help")
     assert out.returncode == 0
     for command in ("info", "divergences", "notebook"):
         assert command in out.stdout
+
+
+def test_stage_flags_are_scoped(capsys):
+    """Every tier stage is its own sub-command: a flag it does not read is an error, not silently ignored; the
+    top-level help names each command once."""
+    from uniinstruct import cli
+
+    parser = cli.build_parser()
+    with pytest.raises(SystemExit) as exit_:
+        parser.parse_args(["toy", "teacher", "--divergence", "fkl"])
+    assert exit_.value.code == 2 and "unrecognized arguments: --divergence fkl" in capsys.readouterr().err
+    args = parser.parse_args(["toy", "distill", "--divergence", "fkl", "--seed", "3"])
+    assert (args.func, args.divergence, args.seed, args.runs_dir) == (cli.cmd_toy_distill, "fkl", 3, "runs/toy")
+    assert parser.parse_args(["digits", "evaluate"]).func is cli.cmd_digits_evaluate
+    with pytest.raises(SystemExit):
+        parser.parse_args(["digits", "teacher", "--runs-dir", "x"])
+    with pytest.raises(SystemExit):
+        parser.parse_args(["paper", "distill"])         # --profile is required
+    top = parser.format_help()
+    for command in ("info", "divergences", "notebook", "readme", "toy", "digits", "paper", "teacher"):
+        assert top.count(f"\n    {command} ") + top.count(f"\n    {command}\n") == 1, command
 
 
 def test_divergences_command_lists_registry():

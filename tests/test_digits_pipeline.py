@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 from dataclasses import asdict, replace
-from pathlib import Path
 
 import pytest
 import torch
@@ -20,9 +19,8 @@ from uniinstruct.networks import EDMPrecond, UNet
 from uniinstruct.pipelines.digits import DigitsConfig, real_sampler
 from uniinstruct.training import checkpoint
 from uniinstruct.training.distill import DistillConfig, Distiller
+from conftest import ROOT
 
-torch.set_num_threads(1)
-ROOT = Path(__file__).resolve().parents[1]
 TINY = DistillConfig(batch=8, iterations=6, warmup_fake_images=16, warmup_sim_images=32, checkpoint_every=2,
                      log_every=1, lr=1e-3, glr=1e-3, ema_halflife_images=64.0)
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -155,14 +153,19 @@ def tiny_digits_params(tmp_path):
 
 @pytest.mark.slow
 def test_cli_stages_end_to_end(tmp_path, tiny_digits_params):
-    dirs = ["--teacher-dir", str(tmp_path / "teacher"), "--classifier-dir", str(tmp_path / "clf"),
-            "--runs-dir", str(tmp_path / "runs"), "--out-dir", str(tmp_path / "out"),
-            "--samples-dir", str(tmp_path / "samples"),
-            "--metrics", str(tmp_path / "metrics.json"), "--params", str(tiny_digits_params), "--quiet"]
+    folder = {"--teacher-dir": "teacher", "--classifier-dir": "clf", "--runs-dir": "runs", "--samples-dir": "samples",
+              "--out-dir": "out", "--metrics": "metrics.json"}
+    uses = {"teacher": ["--teacher-dir"], "classifier": ["--classifier-dir"], "distill": ["--teacher-dir", "--runs-dir"],
+            "sample": ["--teacher-dir", "--runs-dir", "--samples-dir"], "evaluate": list(folder)}
+
+    def flags(stage):       # each stage accepts only its own flags
+        return [a for f in uses[stage] for a in (f, str(tmp_path / folder[f]))] + [
+            "--params", str(tiny_digits_params), "--quiet"]
+
     cli = [sys.executable, "-m", "uniinstruct.cli", "digits"]
     for stage in (["teacher"], ["classifier"], ["distill", "--divergence", "rkl"],
                   ["distill", "--divergence", "js", "--estimator", "official"], ["sample"], ["evaluate"]):
-        run = subprocess.run(cli + stage + dirs, env=ENV, capture_output=True, text=True, cwd=tmp_path)
+        run = subprocess.run(cli + stage + flags(stage[0]), env=ENV, capture_output=True, text=True, cwd=tmp_path)
         assert run.returncode == 0, run.stderr[-3000:]
     teacher = json.loads((tmp_path / "teacher" / "teacher.json").read_text())
     assert teacher["parameters"] > 0 and teacher["provenance"]["code_version"]["commit"]
@@ -182,7 +185,7 @@ def test_cli_stages_end_to_end(tmp_path, tiny_digits_params):
     for name in ("table.csv", "table.md", "table.tex", "curves.csv", "figures/teacher-heun.png",
                  "figures/ui-rkl-exact-s0.png", "figures/samples.png", "figures/curves.png"):
         assert (tmp_path / "out" / name).is_file(), name
-    bad = subprocess.run(cli + ["distill", "--divergence", "kl"] + dirs, env=ENV, capture_output=True, text=True,
+    bad = subprocess.run(cli + ["distill", "--divergence", "kl"] + flags("distill"), env=ENV, capture_output=True, text=True,
                          cwd=tmp_path)
     assert bad.returncode == 2 and "unknown divergence 'kl'" in bad.stderr
 
@@ -256,3 +259,23 @@ def test_gradient_accumulation_matches_one_pass(data):
                for k in logs_one)
     with pytest.raises(ValueError, match="batch_gpu 3 does not divide the 8 samples"):
         distiller(replace(base, batch_gpu=3), data)
+
+
+@pytest.mark.slow
+def test_runs_stage_in_two_processes_equals_the_distill_stage(tmp_path, tiny_digits_params):
+    """digits_runs trains every run of the matrix in spawned workers; each run's checkpoint is bit-identical to the
+    same run made alone by the distill stage in this process."""
+    from uniinstruct.config import load_section
+    from uniinstruct.pipelines import digits
+
+    cfg = load_section(DigitsConfig, "digits", tiny_digits_params)
+    cfg.matrix.divergences, cfg.matrix.seeds = ["rkl", "fkl"], [1]
+    digits.teacher_stage(cfg, {}, tmp_path / "teacher", progress=False)
+    names = digits.runs_stage(cfg, {}, tmp_path / "runs", tmp_path / "teacher", workers=2, progress=False)
+    assert names == ["ui-rkl-exact-s1", "ui-fkl-exact-s1"]
+    alone = replace(cfg.distill, divergence="fkl", seed=1)
+    digits.distill_stage(cfg, alone, {}, tmp_path / "alone", tmp_path / "teacher", progress=False)
+    pooled, single = (checkpoint.load(path / "checkpoint.pt") for path in (tmp_path / "runs" / names[1], tmp_path / "alone"))
+    assert pooled["iteration"] == single["iteration"] == TINY.iterations
+    for key in ("generator", "generator_ema", "fake"):
+        assert all(torch.equal(pooled[key][k], single[key][k]) for k in single[key]), key

@@ -17,7 +17,6 @@ from uniinstruct.toy.problems import benchmark
 from uniinstruct.training import checkpoint
 from uniinstruct.training.distill import DistillConfig, Distiller, generator_sigma, schedule_summary
 
-torch.set_num_threads(1)
 TINY = DistillConfig(iterations=24, batch=32, warmup_fake_images=64, warmup_sim_images=128, checkpoint_every=8,
                      log_every=4, ema_halflife_images=256.0)
 

@@ -5,7 +5,6 @@ import torch
 
 from uniinstruct import divergences
 
-torch.set_num_threads(1)
 
 ALL = divergences.names() + ["alpha:0.5", "alpha:2", "alpha:-1", "alpha:3", "alpha:0", "alpha:1"]
 TOL = dict(rtol=1e-10, atol=1e-13)

@@ -16,7 +16,6 @@ import torch
 from uniinstruct.networks.edm_unets import (DhariwalUNet, EDMPrecondNet, SongUNet, adm_imagenet64,
                                             ddpmpp_cifar10)
 
-torch.set_num_threads(1)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

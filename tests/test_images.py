@@ -3,6 +3,7 @@
 import importlib.util
 
 import numpy as np
+import scipy.linalg
 import pytest
 import torch
 from PIL import Image
@@ -11,7 +12,6 @@ from uniinstruct.images import fid
 from uniinstruct.images.classifier import ClassifierConfig, classifier_features, train_classifier
 from uniinstruct.images.data import load, one_hot, save_grid, to_uint8, train_test_split
 
-torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +90,7 @@ def test_weights_are_hash_checked(tmp_path):
 
 
 def test_frechet_distance_matches_the_closed_form():
-    """Diagonal Gaussians: FD = ‖μ₁ − μ₂‖² + Σ (s₁ + s₂ − 2√(s₁ s₂)); clean-fid's sqrtm path vs this formula."""
+    """Diagonal Gaussians: FD = ‖μ₁ − μ₂‖² + Σ (s₁ + s₂ − 2√(s₁ s₂)), against the closed form of the true laws."""
     rng = np.random.default_rng(0)
     a = rng.normal(0.0, 1.0, size=(20_000, 3))
     b = rng.normal([1.0, 0.0, -2.0], [2.0, 1.0, 0.5], size=(20_000, 3))
@@ -101,6 +101,33 @@ def test_frechet_distance_matches_the_closed_form():
     assert abs(fid.frechet_distance(a, a)) < 1e-6
 
 
+@pytest.mark.parametrize("n_a, n_b, d", [(300, 400, 6), (40, 30, 64), (5, 200, 12)])
+def test_frechet_distance_equals_the_sqrtm_formula(n_a, n_b, d):
+    """Both exact traces of (Σ_a Σ_b)^½ (feature sets: QR/SVD; reference statistics: eigvalsh) against two independent
+    paths: the square roots of the eigenvalues of the non-symmetric Σ_a Σ_b in every case (rank ≤ min(n) − 1 < d
+    included, where sqrtm is unreliable), and scipy's sqrtm where Σ_a Σ_b has full rank (n > d).
+    Tolerance: 1e-7 of tr Σ_a + tr Σ_b, float64 round-off of d×d products."""
+    rng = np.random.default_rng(n_a + d)
+    mix = rng.normal(size=(d, d))
+    a, b = rng.normal(size=(n_a, d)) @ mix, rng.normal(0.5, 1.0, size=(n_b, d)) @ mix.T
+    cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    eig = np.linalg.eigvals(cov_a @ cov_b)
+    trace_sqrt = np.sqrt(np.clip(eig.real, 0, None)).sum()
+    by_eigenvalues = np.sum((a.mean(0) - b.mean(0)) ** 2) + np.trace(cov_a) + np.trace(cov_b) - 2 * trace_sqrt
+    scale = np.trace(cov_a) + np.trace(cov_b)
+    assert fid.frechet_distance(a, b) == pytest.approx(by_eigenvalues, abs=1e-7 * scale)
+    assert fid.frechet_to_reference(a, b.mean(0), cov_b) == pytest.approx(by_eigenvalues, abs=1e-7 * scale)
+    if min(n_a, n_b) > d:           # EDM's formula: scipy's sqrtm of the product, real part
+        by_sqrtm = (np.sum((a.mean(0) - b.mean(0)) ** 2) + np.trace(cov_a) + np.trace(cov_b)
+                    - 2 * np.trace(scipy.linalg.sqrtm(cov_a @ cov_b).real))
+        assert fid.frechet_distance(a, b) == pytest.approx(by_sqrtm, abs=1e-7 * scale)
+    with pytest.raises(ValueError, match="one width"):
+        fid.frechet_distance(a, b[:, :-1])
+    with pytest.raises(ValueError, match="do not match"):
+        fid.frechet_to_reference(a, b.mean(0)[:-1], cov_b)
+
+
+@pytest.mark.slow
 def test_fid_of_a_set_with_itself_is_zero_and_of_a_shifted_set_positive(digits, inception):
     images = to_uint8(digits.images[:24])
     feats = fid.inception_features(images, inception, batch=12)

@@ -8,7 +8,6 @@ import torch
 
 from uniinstruct import divergences, losses
 
-torch.set_num_threads(1)
 RTOL = dict(rtol=1e-12, atol=0.0)
 SHAPES = [(3, 2), (2, 1, 2, 2)]  # flat samples and image-shaped samples (flattened inside)
 

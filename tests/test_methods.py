@@ -6,7 +6,6 @@ import torch
 from uniinstruct import methods, paper_data
 from uniinstruct.methods import PathBatch
 
-torch.set_num_threads(1)
 
 # The paper's Table 1 as the digest (§4) transcribes it: (title, loss, Div. in UI, task, gradient).
 DIGEST_TABLE = [

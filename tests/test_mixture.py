@@ -7,7 +7,6 @@ from torch.distributions import Categorical, MixtureSameFamily, MultivariateNorm
 from uniinstruct import toy
 from uniinstruct.toy import GaussianMixture
 
-torch.set_num_threads(1)
 F64 = torch.float64
 TOL = dict(rtol=1e-10, atol=1e-12)
 

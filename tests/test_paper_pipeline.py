@@ -13,9 +13,8 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import ROOT, edm_pickle
+from conftest import ROOT, cifar_members, edm_pickle, make_tarball
 from PIL import Image
-from test_cifar import cifar_members, make_tarball
 
 from uniinstruct import reports
 from uniinstruct.config import from_dict
@@ -24,7 +23,6 @@ from uniinstruct.pipelines import paper
 from uniinstruct.teachers.download import Artifact
 from uniinstruct.teachers.prepare import TEACHERS
 
-torch.set_num_threads(1)
 TINY = {"cifar10-uncond": dict(model_channels=16, num_blocks=1), "cifar10-cond": dict(model_channels=16, num_blocks=1),
         "imagenet64-cond": dict(model_channels=16, num_blocks=1, channel_mult=[1, 2], attn_resolutions=[32])}
 

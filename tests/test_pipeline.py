@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import ROOT, run_cli
 
 pytestmark = pytest.mark.slow
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_theorem_notebook_runs_and_reports(tmp_path):
@@ -23,9 +23,8 @@ def test_theorem_notebook_runs_and_reports(tmp_path):
     small["discriminator"].update(pairs=["imbalanced"], steps=800, report_sigmas=[0.1, 1.0])
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     out_dir = tmp_path / "results" / "theory"
-    run = subprocess.run([sys.executable, "-m", "uniinstruct.cli", "notebook", "theory/theorem_checks",
-                          "--params", str(tmp_path / "params.yaml"), "--out-dir", str(out_dir),
-                          "--executed-dir", str(tmp_path / "nb")], cwd=ROOT, capture_output=True, text=True)
+    run = run_cli("notebook", "theory/theorem_checks", "--params", tmp_path / "params.yaml", "--out-dir", out_dir,
+                  "--executed-dir", tmp_path / "nb")
     assert run.returncode == 0, run.stderr[-3000:]
     for name in ("theorem_3_1", "theorem_3_2", "lemma_b2", "theorem_b3_b4"):
         data = json.loads((out_dir / f"{name}.json").read_text())
@@ -52,9 +51,8 @@ def test_dvc_pipeline_is_valid_and_calls_the_cli():
 
 
 def test_unification_notebook_writes_the_table(tmp_path):
-    run = subprocess.run([sys.executable, "-m", "uniinstruct.cli", "notebook", "tables/unification",
-                          "--out-dir", str(tmp_path / "results" / "tables"), "--executed-dir", str(tmp_path / "nb")],
-                         cwd=ROOT, capture_output=True, text=True)
+    run = run_cli("notebook", "tables/unification", "--out-dir", tmp_path / "results" / "tables",
+                  "--executed-dir", tmp_path / "nb")
     assert run.returncode == 0, run.stderr[-3000:]
     out = tmp_path / "results" / "tables"
     import pandas as pd
@@ -78,9 +76,7 @@ TABLES = ["cifar10_uncond", "cifar10_cond", "imagenet64", "divergence_ablation",
 @pytest.mark.parametrize("name", TABLES)
 def test_table_notebook_regenerates_the_committed_table(name, tmp_path):
     """Executed on the committed CPU-tier results, each table notebook writes exactly the committed table."""
-    run = subprocess.run([sys.executable, "-m", "uniinstruct.cli", "notebook", f"tables/{name}",
-                          "--out-dir", str(tmp_path), "--executed-dir", str(tmp_path / "nb")],
-                         cwd=ROOT, capture_output=True, text=True)
+    run = run_cli("notebook", f"tables/{name}", "--out-dir", tmp_path, "--executed-dir", tmp_path / "nb")
     assert run.returncode == 0, run.stderr[-3000:]
     for suffix in (".csv", ".md", ".tex"):
         assert (tmp_path / f"{name}{suffix}").read_text() == (ROOT / "results" / "tables" / f"{name}{suffix}").read_text()

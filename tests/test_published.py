@@ -1,12 +1,11 @@
 """The paper's published numbers (paper/published/*.csv) match the digest's tables (paper/reference), parsed here."""
 
 import re
-from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 DIGEST = (ROOT / "paper" / "reference" / "uni-instruct-digest.md").read_text(encoding="utf-8")
 
 

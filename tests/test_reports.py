@@ -9,8 +9,8 @@ import pytest
 
 from uniinstruct import paper_data, reports
 from uniinstruct.tables import latex_escape
+from conftest import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 TOY = json.loads((ROOT / "results" / "toy" / "metrics.json").read_text())
 DIGITS = json.loads((ROOT / "results" / "digits" / "metrics.json").read_text())
 OURS = ["FID (ours)", "FID trials (ours)", "status (ours)"]

@@ -8,7 +8,6 @@ from uniinstruct.sampling import (euler_sampler, heun_nfe, heun_sampler, karras_
                                   one_step_sample)
 from uniinstruct.toy import GaussianMixture
 
-torch.set_num_threads(1)
 F64 = torch.float64
 SMAX = 80.0
 

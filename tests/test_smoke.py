@@ -8,7 +8,6 @@ from torch import nn
 
 from uniinstruct import divergences, losses, methods
 
-torch.set_num_threads(1)
 DIM = 2
 DIVERGENCES = divergences.names() + ["alpha:0.5", "alpha:2"]
 

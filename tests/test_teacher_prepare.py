@@ -10,7 +10,6 @@ from conftest import edm_pickle
 from uniinstruct.teachers.download import Artifact
 from uniinstruct.teachers.prepare import TEACHERS, load_strict, prepare_teacher
 
-torch.set_num_threads(1)
 TINY = {"cifar10-uncond": dict(model_channels=16, num_blocks=1), "cifar10-cond": dict(model_channels=16, num_blocks=1),
         "imagenet64-cond": dict(model_channels=16, num_blocks=1, channel_mult=[1, 2], attn_resolutions=[32])}
 

@@ -15,7 +15,6 @@ from uniinstruct.theory.ratio import (log_ratio_report, optimal_discriminator_lo
 from uniinstruct.theory.report import projection_field
 from uniinstruct.toy import PAIRS, GaussianMixture
 
-torch.set_num_threads(1)
 
 ALL = divergences.names() + ["alpha:0.5", "alpha:2", "alpha:-1"]
 TOL = 1e-3    # the tolerance for Theorems 3.1 and 3.2
@@ -105,6 +104,7 @@ def test_exact_gradient_matches_finite_differences():
     assert torch.allclose(auto, fd, rtol=1e-6, atol=1e-9)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("pair_name", list(PAIRS))
 def test_theorem_3_2_gradient_equality(pair_name):
     pr = PAIRS[pair_name]
@@ -163,6 +163,7 @@ def test_lemma_b4_optimal_discriminator_loss(sigma):
     assert loss == pytest.approx(2 * math.log(2) - f_divergence(q, p, "js", sigma).value, rel=1e-9)
 
 
+@pytest.mark.slow
 def test_theorem_b3_trained_discriminator_recovers_log_ratio():
     pr = PAIRS["anisotropic"]
     q, p = pr.teacher, pr.student.mixture()

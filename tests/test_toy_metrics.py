@@ -13,7 +13,6 @@ import torch
 from uniinstruct.toy import GaussianMixture, pair
 from uniinstruct.toy import metrics
 
-torch.set_num_threads(1)
 F64 = torch.float64
 S_WIDE = torch.tensor([[1.0, 0.5], [0.5, 2.0]], dtype=F64)
 M_NARROW, S_NARROW = torch.tensor([0.5, -0.3], dtype=F64), torch.tensor([[0.6, 0.2], [0.2, 0.9]], dtype=F64)

@@ -1,21 +1,18 @@
 """The toy tier end to end on a tiny configuration: CLI stages, evaluation, the ablation notebook."""
 
 import json
-import os
-import subprocess
-import sys
 from dataclasses import asdict
-from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
 
 from uniinstruct.config import ConfigError, from_dict
-from uniinstruct.pipelines.toy import ToyConfig, data_std, run_name
+from uniinstruct.pipelines.toy import ToyConfig, data_std
+from uniinstruct.training.distill import run_name
 from uniinstruct.toy.problems import benchmark
+from conftest import run_cli
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize("key, value, message", [
@@ -46,15 +43,14 @@ def test_run_names():
 def test_toy_tier_end_to_end(tmp_path, tiny_toy_params):
     params = tiny_toy_params(iterations=40, batch=32, warmup_fake_images=320, warmup_sim_images=640,
                              checkpoint_every=20)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    where = ["--params", str(params), "--teacher-dir", str(tmp_path / "teacher"), "--runs-dir", str(tmp_path / "runs")]
+    teacher = ["--params", str(params), "--teacher-dir", str(tmp_path / "teacher")]
+    where = [*teacher, "--runs-dir", str(tmp_path / "runs")]
 
     def cli(*args):
-        out = subprocess.run([sys.executable, "-m", "uniinstruct.cli", *args], cwd=ROOT, env=env, capture_output=True,
-                             text=True)
+        out = run_cli(*args)
         assert out.returncode == 0, out.stderr[-3000:]
 
-    cli("toy", "teacher", "--quiet", *where)
+    cli("toy", "teacher", "--quiet", *teacher)
     for flags in (["--divergence", "fkl"], ["--divergence", "rkl", "--seed", "1"], ["--method", "sida"],
                   ["--divergence", "jkl", "--ratio", "released"], ["--divergence", "js", "--estimator", "official"]):
         cli("toy", "distill", "--quiet", *flags, *where)
@@ -135,6 +131,7 @@ def _tiny_toy(tmp_path, teacher="analytic"):
     return cfg
 
 
+@pytest.mark.slow
 def test_runs_stage_in_two_processes_equals_one(tmp_path):
     """The pooled runs (spawned workers, one thread each) write bit-identical samples to the same runs made one by
     one in this process: every run seeds its own streams."""

@@ -8,7 +8,6 @@ import torch
 from uniinstruct.networks import EDMPrecond, UNet, parameter_count
 from uniinstruct.networks.unet import PositionalEmbedding
 
-torch.set_num_threads(1)
 CONFIGS = [
     dict(img_resolution=8, in_channels=1, model_channels=8, channel_mult=(1, 2), num_blocks=1),
     dict(img_resolution=24, in_channels=1, model_channels=8, channel_mult=(1, 2, 2), num_blocks=2,

@@ -6,7 +6,6 @@ import torch
 from uniinstruct.config import ConfigError, from_dict
 from uniinstruct.unification import UnificationConfig, compare_scaled, run_uni_instruct, run_unification
 
-torch.set_num_threads(1)
 TOL = 1e-3   # relative error at the best positive scale, as in params.yaml
 
 

@@ -1,23 +1,15 @@
 """``uniinstruct``: the command line that every DVC stage calls.
 
-Commands:
-  info          print code version, library versions and hardware as JSON
-  divergences   list the f-divergence registry
-  notebook      validate a params.yaml section and execute a papermill notebook with it
-  toy           the 2-D toy tier's stages: teacher, runs (every distill and ceiling run of the matrix, in parallel
-                processes), evaluate; distill and ceiling run one of them
-  digits        the image tier's stages: teacher, classifier, distill, sample, evaluate
-                (distill over several processes: torchrun --standalone --nproc_per_node N -m uniinstruct.cli digits distill)
-  paper         the paper tier (GPUs): teacher | distill | fid --profile cifar10-uncond|cifar10-cond|imagenet64-cond
-                (distill over N GPUs: torchrun --standalone --nproc_per_node N -m uniinstruct.cli paper distill --profile P)
-  readme        copy results/tables/status.md into the README's status section (--check: only compare)
-  teacher       EDM teachers: prepare PROFILE (download, convert, strict load) | convert SRC DST (a network pickle
-                to a state_dict plus JSON without running its code)
+``uniinstruct TIER STAGE [flags]`` runs one stage of a tier (toy, digits, paper) with only that stage's flags;
+``notebook NAME`` executes a papermill notebook with its validated params section; ``teacher prepare|convert`` handles
+EDM teachers; ``info``, ``divergences`` and ``readme`` are utilities. Every command fails with one line naming the
+bad key or file (exit 2), never a traceback, for a user error.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from dataclasses import asdict, dataclass
@@ -30,22 +22,21 @@ from uniinstruct.config import ConfigError, load_section
 @dataclass(frozen=True)
 class NotebookSpec:
     section: str        # params.yaml section passed to the notebook as ``config``
-    config: type        # dataclass that validates the section
+    config: str         # "module:Class" of the dataclass that validates the section (imported only when run)
     out_dir: str        # where the notebook writes its results
 
+    def config_class(self) -> type:
+        module, _, name = self.config.partition(":")
+        return getattr(importlib.import_module(module), name)
 
-def _notebooks() -> dict[str, NotebookSpec]:
-    from uniinstruct.pipelines.paper import PaperConfig
-    from uniinstruct.pipelines.toy import ToyConfig
-    from uniinstruct.theory.report import TheoryConfig
-    from uniinstruct.unification import UnificationConfig
 
-    return {"theory/theorem_checks": NotebookSpec("theory", TheoryConfig, "results/theory"),
-            "tables/unification": NotebookSpec("unification", UnificationConfig, "results/tables"),
-            "toy/ablation": NotebookSpec("toy", ToyConfig, "results/toy"),
-            **{f"tables/{name}": NotebookSpec("paper", PaperConfig, "results/tables")
-               for name in ("cifar10_uncond", "cifar10_cond", "imagenet64", "divergence_ablation",
-                            "teacher_vs_student", "status")}}
+NOTEBOOKS: dict[str, NotebookSpec] = {
+    "theory/theorem_checks": NotebookSpec("theory", "uniinstruct.theory.report:TheoryConfig", "results/theory"),
+    "tables/unification": NotebookSpec("unification", "uniinstruct.unification:UnificationConfig", "results/tables"),
+    "toy/ablation": NotebookSpec("toy", "uniinstruct.pipelines.toy:ToyConfig", "results/toy"),
+    **{f"tables/{name}": NotebookSpec("paper", "uniinstruct.pipelines.paper:PaperConfig", "results/tables")
+       for name in ("cifar10_uncond", "cifar10_cond", "imagenet64", "divergence_ablation", "teacher_vs_student",
+                    "status")}}
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -64,11 +55,10 @@ def cmd_divergences(args: argparse.Namespace) -> int:
 def cmd_notebook(args: argparse.Namespace) -> int:
     import papermill
 
-    specs = _notebooks()
-    if args.name not in specs:
-        raise ConfigError(f"unknown notebook {args.name!r}; valid: {', '.join(specs)}")
-    spec = specs[args.name]
-    config = load_section(spec.config, spec.section, args.params)       # fails fast, names the bad key
+    if args.name not in NOTEBOOKS:
+        raise ConfigError(f"unknown notebook {args.name!r}; valid: {', '.join(NOTEBOOKS)}")
+    spec = NOTEBOOKS[args.name]
+    config = load_section(spec.config_class(), spec.section, args.params)       # fails fast, names the bad key
     source = Path("notebooks") / f"{args.name}.ipynb"
     if not source.is_file():
         raise FileNotFoundError(f"notebook {source} not found (run from the repository root)")
@@ -115,61 +105,122 @@ def _distill_config(args: argparse.Namespace, base, section: str):
         overrides
 
 
-def cmd_toy(args: argparse.Namespace) -> int:
+def _toy(args: argparse.Namespace):
     from uniinstruct.pipelines import toy
 
     cfg = load_section(toy.ToyConfig, "toy", args.params)
-    params = asdict(cfg)
-    teacher_dir, runs_dir = Path(args.teacher_dir), Path(args.runs_dir)
-    if args.stage == "teacher":
-        print(json.dumps(toy.teacher_stage(cfg, params, teacher_dir, progress=not args.quiet), indent=2))
-    elif args.stage == "distill":
-        dcfg, overrides = _distill_config(args, cfg.distill, "toy")
-        name = toy.run_name(dcfg.divergence, dcfg.estimator, dcfg.seed, dcfg.method, dcfg.ratio, dcfg.use_gan)
-        toy.distill_stage(cfg, dcfg, {**params, "run": overrides}, runs_dir / name, teacher_dir,
-                          progress=not args.quiet)
-        print(f"distilled {name} -> {runs_dir / name}")
-    elif args.stage == "runs":
-        names = toy.runs_stage(cfg, params, runs_dir, teacher_dir, workers=args.workers, progress=not args.quiet)
-        print(f"trained {len(names)} toy runs -> {runs_dir}")
-    elif args.stage == "ceiling":
-        seed = 0 if args.seed is None else args.seed
-        iterations = args.iterations or cfg.ceiling.iterations[0]
-        if iterations < 1:
-            raise ConfigError(f"--iterations must be ≥ 1, got {iterations}")
-        name = toy.ceiling_name(seed, iterations)
-        toy.ceiling_stage(cfg, {**params, "run": {"seed": seed, "iterations": iterations}}, runs_dir / name,
-                          teacher_dir, seed, iterations)
-        print(f"fitted the one-step ceiling {name} -> {runs_dir / name}")
-    else:
-        rows = toy.evaluate_stage(cfg, params, runs_dir, teacher_dir, Path(args.out))
-        print(f"evaluated {len(rows)} sample sets -> {args.out}")
+    return toy, cfg, asdict(cfg)
+
+
+def cmd_toy_teacher(args: argparse.Namespace) -> int:
+    toy, cfg, params = _toy(args)
+    print(json.dumps(toy.teacher_stage(cfg, params, Path(args.teacher_dir), progress=not args.quiet), indent=2))
     return 0
 
 
-def cmd_digits(args: argparse.Namespace) -> int:
-    from uniinstruct.pipelines import digits, digits_evaluate
-    from uniinstruct.pipelines.toy import run_name
+def cmd_toy_distill(args: argparse.Namespace) -> int:
+    from uniinstruct.training.distill import run_name
 
-    cfg = load_section(digits.DigitsConfig, "digits", args.params)
-    params = asdict(cfg)
-    teacher_dir, runs_dir, progress = Path(args.teacher_dir), Path(args.runs_dir), not args.quiet
-    if args.stage == "teacher":
-        print(json.dumps(digits.teacher_stage(cfg, params, teacher_dir, progress), indent=2))
-    elif args.stage == "classifier":
-        print(json.dumps(digits_evaluate.classifier_stage(cfg, params, Path(args.classifier_dir), progress), indent=2))
-    elif args.stage == "distill":
-        dcfg, overrides = _distill_config(args, cfg.distill, "digits")
-        name = run_name(dcfg.divergence, dcfg.estimator, dcfg.seed, dcfg.method, dcfg.ratio)
-        if digits.distill_stage(cfg, dcfg, {**params, "run": overrides}, runs_dir / name, teacher_dir, progress):
-            print(f"distilled {name} -> {runs_dir / name}")
-    elif args.stage == "sample":
-        sets = digits.sample_stage(cfg, params, teacher_dir, runs_dir, Path(args.samples_dir), progress)
-        print(f"sampled {len(sets)} sets -> {args.samples_dir}")
-    else:
-        rows = digits_evaluate.evaluate_stage(cfg, params, teacher_dir, Path(args.classifier_dir), runs_dir,
-                                              Path(args.samples_dir), Path(args.out_dir), Path(args.metrics), progress)
-        print(f"evaluated {len(rows)} sample sets -> {args.out_dir}")
+    toy, cfg, params = _toy(args)
+    dcfg, overrides = _distill_config(args, cfg.distill, "toy")
+    name = run_name(dcfg.divergence, dcfg.estimator, dcfg.seed, dcfg.method, dcfg.ratio, dcfg.use_gan)
+    toy.distill_stage(cfg, dcfg, {**params, "run": overrides}, Path(args.runs_dir) / name, Path(args.teacher_dir),
+                      progress=not args.quiet)
+    print(f"distilled {name} -> {Path(args.runs_dir) / name}")
+    return 0
+
+
+def cmd_toy_runs(args: argparse.Namespace) -> int:
+    toy, cfg, params = _toy(args)
+    names = toy.runs_stage(cfg, params, Path(args.runs_dir), Path(args.teacher_dir), workers=args.workers,
+                           progress=not args.quiet)
+    print(f"trained {len(names)} toy runs -> {args.runs_dir}")
+    return 0
+
+
+def cmd_toy_ceiling(args: argparse.Namespace) -> int:
+    toy, cfg, params = _toy(args)
+    iterations = args.iterations or cfg.ceiling.iterations[0]
+    if iterations < 1:
+        raise ConfigError(f"--iterations must be ≥ 1, got {iterations}")
+    name = toy.ceiling_name(args.seed, iterations)
+    toy.ceiling_stage(cfg, {**params, "run": {"seed": args.seed, "iterations": iterations}}, Path(args.runs_dir) / name,
+                      Path(args.teacher_dir), args.seed, iterations)
+    print(f"fitted the one-step ceiling {name} -> {Path(args.runs_dir) / name}")
+    return 0
+
+
+def cmd_toy_evaluate(args: argparse.Namespace) -> int:
+    toy, cfg, params = _toy(args)
+    rows = toy.evaluate_stage(cfg, params, Path(args.runs_dir), Path(args.teacher_dir), Path(args.out))
+    print(f"evaluated {len(rows)} sample sets -> {args.out}")
+    return 0
+
+
+def _digits(args: argparse.Namespace):
+    from uniinstruct.pipelines.digits import DigitsConfig
+
+    cfg = load_section(DigitsConfig, "digits", args.params)
+    return cfg, asdict(cfg)
+
+
+def cmd_digits_teacher(args: argparse.Namespace) -> int:
+    from uniinstruct.pipelines import digits
+
+    cfg, params = _digits(args)
+    print(json.dumps(digits.teacher_stage(cfg, params, Path(args.teacher_dir), not args.quiet), indent=2))
+    return 0
+
+
+def cmd_digits_classifier(args: argparse.Namespace) -> int:
+    from uniinstruct.pipelines import digits_evaluate
+
+    cfg, params = _digits(args)
+    print(json.dumps(digits_evaluate.classifier_stage(cfg, params, Path(args.classifier_dir), not args.quiet),
+                     indent=2))
+    return 0
+
+
+def cmd_digits_distill(args: argparse.Namespace) -> int:
+    from uniinstruct.pipelines import digits
+    from uniinstruct.training.distill import run_name
+
+    cfg, params = _digits(args)
+    dcfg, overrides = _distill_config(args, cfg.distill, "digits")
+    name = run_name(dcfg.divergence, dcfg.estimator, dcfg.seed, dcfg.method, dcfg.ratio, dcfg.use_gan)
+    run_dir = Path(args.runs_dir) / name
+    if digits.distill_stage(cfg, dcfg, {**params, "run": overrides}, run_dir, Path(args.teacher_dir), not args.quiet):
+        print(f"distilled {name} -> {run_dir}")
+    return 0
+
+
+def cmd_digits_runs(args: argparse.Namespace) -> int:
+    from uniinstruct.pipelines import digits
+
+    cfg, params = _digits(args)
+    names = digits.runs_stage(cfg, params, Path(args.runs_dir), Path(args.teacher_dir), args.workers, not args.quiet)
+    print(f"trained {len(names)} digits runs -> {args.runs_dir}")
+    return 0
+
+
+def cmd_digits_sample(args: argparse.Namespace) -> int:
+    from uniinstruct.pipelines import digits
+
+    cfg, params = _digits(args)
+    sets = digits.sample_stage(cfg, params, Path(args.teacher_dir), Path(args.runs_dir), Path(args.samples_dir),
+                               not args.quiet)
+    print(f"sampled {len(sets)} sets -> {args.samples_dir}")
+    return 0
+
+
+def cmd_digits_evaluate(args: argparse.Namespace) -> int:
+    from uniinstruct.pipelines import digits_evaluate
+
+    cfg, params = _digits(args)
+    rows = digits_evaluate.evaluate_stage(cfg, params, Path(args.teacher_dir), Path(args.classifier_dir),
+                                          Path(args.runs_dir), Path(args.samples_dir), Path(args.out_dir),
+                                          Path(args.metrics), not args.quiet, args.workers)
+    print(f"evaluated {len(rows)} sample sets -> {args.out_dir}")
     return 0
 
 
@@ -196,40 +247,71 @@ def cmd_teacher(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_paper(args: argparse.Namespace) -> int:
+def _paper(args: argparse.Namespace):
     from uniinstruct.pipelines import paper
 
     cfg = load_section(paper.PaperConfig, "paper", args.params)
-    profile, progress = cfg.profile(args.profile), not args.quiet
-    if args.stage == "teacher":
-        print(json.dumps(paper.teacher_stage(cfg, profile, progress), indent=2))
-    elif args.stage == "distill":
-        record = paper.distill_stage(cfg, profile, progress)
-        if record:
-            print(f"{profile.name}: {record['status']} after {profile.distill.iterations} iterations")
-    else:
-        result = paper.fid_stage(cfg, profile, Path(args.reference) if args.reference else None, progress)
-        print(json.dumps({k: result[k] for k in ("fids", "min", "mean", "std")}, indent=2))
+    return paper, cfg, cfg.profile(args.profile)
+
+
+def cmd_paper_teacher(args: argparse.Namespace) -> int:
+    paper, cfg, profile = _paper(args)
+    print(json.dumps(paper.teacher_stage(cfg, profile, not args.quiet), indent=2))
     return 0
 
 
-def _add_distill_flags(parser: argparse.ArgumentParser, section: str) -> None:
-    parser.add_argument("--divergence", help=f"distill: override {section}.distill.divergence")
-    parser.add_argument("--estimator", help=f"distill: override {section}.distill.estimator")
-    parser.add_argument("--seed", type=int, help=f"distill: override {section}.distill.seed")
-    parser.add_argument("--method", help="distill: a registry method instead of Uni-Instruct")
-    parser.add_argument("--ratio", help=f"distill: override {section}.distill.ratio (logit | released)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+def cmd_paper_distill(args: argparse.Namespace) -> int:
+    paper, cfg, profile = _paper(args)
+    record = paper.distill_stage(cfg, profile, not args.quiet)
+    if record:
+        print(f"{profile.name}: {record['status']} after {profile.distill.iterations} iterations")
+    return 0
+
+
+def cmd_paper_fid(args: argparse.Namespace) -> int:
+    paper, cfg, profile = _paper(args)
+    result = paper.fid_stage(cfg, profile, Path(args.reference) if args.reference else None, not args.quiet)
+    print(json.dumps({k: result[k] for k in ("fids", "min", "mean", "std")}, indent=2))
+    return 0
+
+
+def _distill_flags(parser: argparse.ArgumentParser, section: str) -> None:
+    parser.add_argument("--divergence", help=f"override {section}.distill.divergence")
+    parser.add_argument("--estimator", help=f"override {section}.distill.estimator")
+    parser.add_argument("--seed", type=int, help=f"override {section}.distill.seed")
+    parser.add_argument("--method", help="a registry method instead of Uni-Instruct")
+    parser.add_argument("--ratio", help=f"override {section}.distill.ratio (logit | released)")
+
+
+def _workers(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--workers", type=int, default=2, help="processes, one torch thread each (default 2)")
+
+
+def _tier(sub, name: str, help: str, stages: dict, common: dict) -> None:
+    """``uniinstruct NAME STAGE``: one sub-command per stage, each with the shared flags ``common`` (flag -> (default,
+    help)) that its function reads, plus ``--params`` and ``--quiet``."""
+    tier = sub.add_parser(name, help=help)
+    tier_sub = tier.add_subparsers(dest="stage", required=True, metavar="STAGE")
+    for stage, (func, stage_help, flags, extra) in stages.items():
+        parser = tier_sub.add_parser(stage, help=stage_help, description=stage_help)
+        parser.add_argument("--params", default="params.yaml", help=f"parameter file (section: {name})")
+        for flag in flags:
+            default, flag_help = common[flag]
+            parser.add_argument(flag, default=default, help=flag_help)
+        if extra:
+            extra(parser)
+        parser.add_argument("--quiet", action="store_true", help="no progress bars")
+        parser.set_defaults(func=func)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="uniinstruct", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="uniinstruct", description="The command line that every DVC stage calls: "
+                                     "one sub-command per stage (uniinstruct TIER STAGE --help lists its flags).")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     sub.add_parser("info", help="code version, library versions and hardware").set_defaults(func=cmd_info)
     sub.add_parser("divergences", help="list the f-divergence registry").set_defaults(func=cmd_divergences)
     nb = sub.add_parser("notebook", help="execute a papermill notebook with its params.yaml section")
-    nb.add_argument("name", help="notebook under notebooks/, without .ipynb (e.g. theory/theorem_checks)")
+    nb.add_argument("name", help=f"notebook under notebooks/, without .ipynb: {', '.join(NOTEBOOKS)}")
     nb.add_argument("--params", default="params.yaml", help="parameter file (default: params.yaml)")
     nb.add_argument("--out-dir", default=None, help="results folder (default: the notebook's own)")
     nb.add_argument("--executed-dir", default="results/notebooks", help="where the executed notebook goes")
@@ -242,35 +324,55 @@ def build_parser() -> argparse.ArgumentParser:
     rd.add_argument("--status", default="results/tables/status.md")
     rd.add_argument("--check", action="store_true", help="exit 1 if the README is out of date; write nothing")
     rd.set_defaults(func=cmd_readme)
-    toy = sub.add_parser("toy", help="2-D toy tier: teacher | runs | evaluate (distill, ceiling: one run)")
-    toy.add_argument("stage", choices=["teacher", "distill", "ceiling", "runs", "evaluate"])
-    toy.add_argument("--workers", type=int, default=2, help="runs: processes (one torch thread each)")
-    toy.add_argument("--iterations", type=int, help="ceiling: regression steps (default: toy.ceiling.iterations[0])")
-    toy.add_argument("--params", default="params.yaml", help="parameter file (section: toy)")
-    toy.add_argument("--teacher-dir", default="results/toy/teacher")
-    toy.add_argument("--runs-dir", default="runs/toy", help="one folder per distillation run")
-    toy.add_argument("--out", default="results/toy/metrics.json", help="evaluate: where the metrics go")
-    _add_distill_flags(toy, "toy")
-    toy.set_defaults(func=cmd_toy)
-    img = sub.add_parser("digits",
-                         help="image tier (params section: digits): teacher | classifier | distill | sample | evaluate")
-    img.add_argument("stage", choices=["teacher", "classifier", "distill", "sample", "evaluate"])
-    img.add_argument("--params", default="params.yaml", help="parameter file (section: digits)")
-    img.add_argument("--teacher-dir", default="results/digits/teacher")
-    img.add_argument("--classifier-dir", default="results/digits/classifier")
-    img.add_argument("--runs-dir", default="runs/digits", help="one folder per distillation run")
-    img.add_argument("--samples-dir", default="results/digits/samples", help="sample: where the sample sets go")
-    img.add_argument("--out-dir", default="results/digits", help="evaluate: tables, metrics, curves, figures")
-    img.add_argument("--metrics", default="results/metrics/digits.json", help="evaluate: the DVC metrics summary")
-    _add_distill_flags(img, "digits")
-    img.set_defaults(func=cmd_digits)
-    pap = sub.add_parser("paper", help="paper tier (params section: paper): teacher | distill | fid")
-    pap.add_argument("stage", choices=["teacher", "distill", "fid"])
-    pap.add_argument("--profile", required=True, help="cifar10-uncond | cifar10-cond | imagenet64-cond")
-    pap.add_argument("--params", default="params.yaml", help="parameter file (section: paper)")
-    pap.add_argument("--reference", default=None, help="fid: EDM reference .npz (default: download it)")
-    pap.add_argument("--quiet", action="store_true", help="no progress bars")
-    pap.set_defaults(func=cmd_paper)
+
+    toy_dirs = {"--teacher-dir": ("results/toy/teacher", "the teacher stage's folder"),
+                "--runs-dir": ("runs/toy", "one folder per run"),
+                "--out": ("results/toy/metrics.json", "where the metrics go")}
+    _tier(sub, "toy", "the 2-D toy tier (params section: toy)", {
+        "teacher": (cmd_toy_teacher, "train the MLP teacher on the benchmark", ["--teacher-dir"], None),
+        "distill": (cmd_toy_distill, "one distillation run (toy.distill, overridden by the flags)",
+                    ["--teacher-dir", "--runs-dir"], lambda p: _distill_flags(p, "toy")),
+        "ceiling": (cmd_toy_ceiling, "one one-step capacity ceiling fit", ["--teacher-dir", "--runs-dir"],
+                    lambda p: (p.add_argument("--seed", type=int, default=0, help="seed (default 0)"),
+                               p.add_argument("--iterations", type=int,
+                                              help="regression steps (default: toy.ceiling.iterations[0])"))),
+        "runs": (cmd_toy_runs, "every run of toy.matrix and toy.ceiling, in parallel processes",
+                 ["--teacher-dir", "--runs-dir"], _workers),
+        "evaluate": (cmd_toy_evaluate, "metrics of the teacher and every run", ["--teacher-dir", "--runs-dir", "--out"],
+                     None)}, toy_dirs)
+
+    digits_dirs = {"--teacher-dir": ("results/digits/teacher", "the teacher stage's folder"),
+                   "--classifier-dir": ("results/digits/classifier", "the classifier stage's folder"),
+                   "--runs-dir": ("runs/digits", "one folder per distillation run"),
+                   "--samples-dir": ("results/digits/samples", "the sample sets"),
+                   "--out-dir": ("results/digits", "tables, metrics, curves, figures"),
+                   "--metrics": ("results/metrics/digits.json", "the DVC metrics summary")}
+    _tier(sub, "digits", "the image tier on CPU (params section: digits)", {
+        "teacher": (cmd_digits_teacher, "train the UNet teacher", ["--teacher-dir"], None),
+        "classifier": (cmd_digits_classifier, "train the feature classifier of the FD metric", ["--classifier-dir"],
+                       None),
+        "distill": (cmd_digits_distill, "one distillation run (digits.distill, overridden by the flags; over several "
+                                        "processes: torchrun --standalone --nproc_per_node N -m uniinstruct.cli "
+                                        "digits distill)",
+                    ["--teacher-dir", "--runs-dir"], lambda p: _distill_flags(p, "digits")),
+        "runs": (cmd_digits_runs, "every run of digits.matrix, in parallel processes", ["--teacher-dir", "--runs-dir"],
+                 _workers),
+        "sample": (cmd_digits_sample, "sample sets of the teacher and every run",
+                   ["--teacher-dir", "--runs-dir", "--samples-dir"], None),
+        "evaluate": (cmd_digits_evaluate, "metrics, tables and figures",
+                     ["--teacher-dir", "--classifier-dir", "--runs-dir", "--samples-dir", "--out-dir", "--metrics"],
+                     _workers)}, digits_dirs)
+
+    def profile(p):
+        p.add_argument("--profile", required=True, help="cifar10-uncond | cifar10-cond | imagenet64-cond")
+
+    _tier(sub, "paper", "the paper tier on GPUs (params section: paper)", {
+        "teacher": (cmd_paper_teacher, "prepare the profile's EDM teacher", [], profile),
+        "distill": (cmd_paper_distill, "distill the profile (over N GPUs: torchrun --standalone --nproc_per_node N "
+                                       "-m uniinstruct.cli paper distill --profile P)", [], profile),
+        "fid": (cmd_paper_fid, "FID of the profile's generator (EDM protocol)", [],
+                lambda p: (profile(p), p.add_argument("--reference", default=None,
+                                                      help="EDM reference .npz (default: download it)")))}, {})
     teacher = sub.add_parser("teacher", help="EDM teachers: prepare | convert")
     teacher_sub = teacher.add_subparsers(dest="action", required=True, metavar="ACTION")
     prep = teacher_sub.add_parser("prepare", help="download a profile's EDM teacher (sha256 pinned), convert it safely "

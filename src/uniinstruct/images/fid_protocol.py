@@ -73,7 +73,7 @@ def fid_trials(generate: Callable[[Tensor, Tensor | None], Tensor], shape: tuple
             with torch.no_grad():
                 feats.append(features(to_uint8(generate(z, labels).cpu()), model, native))
         feats = np.concatenate(feats)
-        fids.append(fid.frechet_from_stats(feats.mean(0), np.cov(feats, rowvar=False), mu_ref, sigma_ref))
+        fids.append(fid.frechet_to_reference(feats, mu_ref, sigma_ref))
     protocol = {"name": "EDM" if native else "proxy: clean-fid clean resize, packaged Inception (not EDM's)",
                 "num_images": num_images, "seed_blocks": [[b, b + num_images - 1] for b in blocks],
                 "inception": model.weights.describe(), "per_sample_seeds": True}

@@ -15,20 +15,20 @@ from __future__ import annotations
 import copy
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
-from uniinstruct import divergences, losses, provenance
+from uniinstruct import divergences, losses, parallel, provenance
 from uniinstruct.config import positive, valid_names
 from uniinstruct.images.classifier import ClassifierConfig
 from uniinstruct.images.data import ImageDataset, load, one_hot, save_grid
 from uniinstruct.networks import EDMPrecond, UNet, parameter_count
 from uniinstruct.sampling import heun_nfe, heun_sampler
 from uniinstruct.training import checkpoint, ddp
-from uniinstruct.training.distill import DistillConfig, Distiller, train_and_record
+from uniinstruct.training.distill import DistillConfig, Distiller, run_name, train_and_record
 
 
 @dataclass
@@ -66,7 +66,7 @@ class FIDConfig:
 
 @dataclass
 class DigitsMatrix:
-    """The runs of dvc.yaml's digits_distill stage (validated here, expanded by DVC)."""
+    """The runs of the digits_runs stage: every divergence × estimator × seed (overriding digits.distill)."""
 
     divergences: list[str] = field(default_factory=lambda: ["rkl", "fkl", "jkl"])
     estimators: list[str] = field(default_factory=lambda: ["exact"])
@@ -206,6 +206,23 @@ def distill_stage(cfg: DigitsConfig, dcfg: DistillConfig, params: dict, run_dir:
     data = load_dataset(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     return train_and_record(build_distiller(cfg, dcfg, data, teacher_dir), run_dir, params, started, progress)
+
+
+def run_job(cfg: DigitsConfig, params: dict, overrides: dict, runs_dir: Path, teacher_dir: Path) -> str:
+    """One distillation of the matrix (resuming from its checkpoint); returns its name."""
+    dcfg = replace(cfg.distill, **overrides)
+    name = run_name(dcfg.divergence, dcfg.estimator, dcfg.seed, dcfg.method, dcfg.ratio, dcfg.use_gan)
+    distill_stage(cfg, dcfg, {**params, "run": overrides}, runs_dir / name, teacher_dir, progress=False)
+    return name
+
+
+def runs_stage(cfg: DigitsConfig, params: dict, runs_dir: Path, teacher_dir: Path, workers: int = 2,
+               progress: bool = True) -> list[str]:
+    """Every run of ``digits.matrix``, ``workers`` processes at a time (:func:`parallel.starmap`)."""
+    m = cfg.matrix
+    jobs = [(cfg, params, {"divergence": d, "estimator": e, "seed": seed}, runs_dir, teacher_dir)
+            for d in m.divergences for e in m.estimators for seed in m.seeds]
+    return parallel.starmap(run_job, jobs, workers, progress, "digits runs")
 
 
 # ---------------------------------------------------------------------------- sample stage

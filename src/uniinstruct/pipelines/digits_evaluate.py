@@ -77,26 +77,27 @@ def class_balance(net: Classifier, images: torch.Tensor) -> dict[str, float]:
 
 
 def evaluate_stage(cfg: DigitsConfig, params: dict, teacher_dir: Path, classifier_dir: Path, runs_dir: Path,
-                   samples_dir: Path, out_dir: Path, metrics_path: Path, progress: bool = True) -> list[dict]:
-    """Score every sample set; write metrics.json, the table, the curves, the sample grids and the DVC summary."""
+                   samples_dir: Path, out_dir: Path, metrics_path: Path, progress: bool = True,
+                   workers: int = 2) -> list[dict]:
+    """Score every sample set (Inception features in ``workers`` processes); write metrics.json, the table, the
+    curves, the sample grids and the DVC summary."""
     started = time.perf_counter()
     data = load_dataset(cfg)
     clf = load_classifier(cfg, classifier_dir)
     clf_info = json.loads((classifier_dir / "classifier.json").read_text())
     weights = fid.find_weights(cfg.fid.inception)
-    inception = fid.InceptionFeatures(weights)
     n_fid = min(cfg.fid.num_images, len(data.images) // 2)
     perm = torch.randperm(len(data.images), generator=torch.Generator().manual_seed(0))
-    real_inception = fid.inception_features(to_uint8(data.images[perm[:n_fid]]), inception, cfg.fid.batch, progress)
     real_clf = classifier_features(clf, data.images)
     floor = ("real-subset", None, {"kind": "data", "divergence": "", "estimator": "", "seed": -1, "nfe": 0,
                                    "status": "ok", "wall_time_s": 0.0})
     rows, curves = [], []
     sets = sample_sets(samples_dir, teacher_dir, runs_dir)
-    for name, path, info in [floor, *sets]:
-        x = data.images[perm[n_fid:n_fid + cfg.n_samples]] if path is None else \
-            torch.load(path, weights_only=True).clamp(-1, 1)
-        feats = fid.inception_features(to_uint8(x[:n_fid]), inception, cfg.fid.batch, progress)
+    xs = [data.images[perm[n_fid:n_fid + cfg.n_samples]] if path is None else
+          torch.load(path, weights_only=True).clamp(-1, 1) for _, path, _ in [floor, *sets]]
+    real_inception, *inception = fid.inception_features_of_sets(
+        [to_uint8(data.images[perm[:n_fid]])] + [to_uint8(x[:n_fid]) for x in xs], weights, cfg.fid.batch, workers)
+    for (name, _, info), x, feats in zip([floor, *sets], xs, inception):
         rows.append({"run": name, **info, "fid": fid.frechet_distance(feats, real_inception), "fid_images": n_fid,
                      "classifier_fd": fid.frechet_distance(classifier_features(clf, x), real_clf),
                      "classifier_images": len(x), **class_balance(clf, x)})

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import json
-import multiprocessing
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -20,7 +19,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from uniinstruct import divergences, losses, methods, provenance
+from uniinstruct import divergences, losses, methods, parallel, provenance
 from uniinstruct.config import positive, valid_names
 from uniinstruct.networks import EDMPrecond, toy_denoiser
 from uniinstruct.sampling import heun_nfe, heun_sampler
@@ -28,7 +27,7 @@ from uniinstruct.toy.metrics import mixture_moments, toy_report
 from uniinstruct.toy.mixture import GaussianMixture
 from uniinstruct.toy.problems import benchmark
 from uniinstruct.training import checkpoint
-from uniinstruct.training.distill import DistillConfig, Distiller, schedule_summary
+from uniinstruct.training.distill import DistillConfig, Distiller, run_name, schedule_summary
 
 TEACHERS = ("analytic", "learned")
 
@@ -194,15 +193,6 @@ def teacher_stage(cfg: ToyConfig, params: dict, out_dir: Path, progress: bool = 
 
 
 # ---------------------------------------------------------------------------- distill stage
-def run_name(divergence: str, estimator: str, seed: int, method: str = "", ratio: str = "logit",
-             use_gan: bool = True) -> str:
-    """Folder name of one run: ``ui-<div>-<estimator>[-<ratio>][-nogan]-s<seed>`` or ``m-<method>-s<seed>``."""
-    if method:
-        return f"m-{method}-s{seed}"
-    return (f"ui-{divergence}-{estimator}{'' if ratio == 'logit' else '-' + ratio}{'' if use_gan else '-nogan'}"
-            f"-s{seed}")
-
-
 def build_distiller(cfg: ToyConfig, dcfg: DistillConfig, teacher_dir: Path) -> Distiller:
     """Fake score and generator start from the MLP teacher's weights; the losses use ``loss_teacher``."""
     mixture = benchmark(cfg.benchmark)
@@ -329,7 +319,6 @@ def plan(cfg: ToyConfig) -> list[Job]:
 
 def run_job(cfg: ToyConfig, params: dict, job: Job, runs_dir: Path, teacher_dir: Path) -> str:
     """Run one job (resuming a distillation from its checkpoint); returns its name."""
-    torch.set_num_threads(1)
     if job.ceiling:
         ceiling_stage(cfg, {**params, "run": job.overrides}, runs_dir / job.name, teacher_dir, **job.overrides)
     else:
@@ -340,17 +329,10 @@ def run_job(cfg: ToyConfig, params: dict, job: Job, runs_dir: Path, teacher_dir:
 
 def runs_stage(cfg: ToyConfig, params: dict, runs_dir: Path, teacher_dir: Path, workers: int = 2,
                progress: bool = True) -> list[str]:
-    """Every run of :func:`plan`, ``workers`` processes at a time with one torch thread each (two threads per
-    process on two busy cores run far slower than one). Each run seeds its own streams, so the results do not
-    depend on ``workers`` or on the order the runs finish in."""
-    jobs = plan(cfg)
+    """Every run of :func:`plan`, ``workers`` processes at a time (:func:`parallel.starmap`)."""
     runs_dir.mkdir(parents=True, exist_ok=True)
-    if workers <= 1:
-        return [run_job(cfg, params, job, runs_dir, teacher_dir) for job in tqdm(jobs, disable=not progress)]
-    ctx = multiprocessing.get_context("spawn")
-    with ctx.Pool(workers, maxtasksperchild=None) as pool:
-        pending = [pool.apply_async(run_job, (cfg, params, job, runs_dir, teacher_dir)) for job in jobs]
-        return [p.get() for p in tqdm(pending, desc="toy runs", disable=not progress)]
+    return parallel.starmap(run_job, [(cfg, params, job, runs_dir, teacher_dir) for job in plan(cfg)], workers,
+                            progress, "toy runs")
 
 
 # ---------------------------------------------------------------------------- evaluate stage

@@ -106,6 +106,15 @@ class DistillConfig:
         return problems
 
 
+def run_name(divergence: str, estimator: str, seed: int, method: str = "", ratio: str = "logit",
+             use_gan: bool = True) -> str:
+    """Folder name of one run: ``ui-<div>-<estimator>[-<ratio>][-nogan]-s<seed>`` or ``m-<method>-s<seed>``."""
+    if method:
+        return f"m-{method}-s{seed}"
+    return (f"ui-{divergence}-{estimator}{'' if ratio == 'logit' else '-' + ratio}{'' if use_gan else '-nogan'}"
+            f"-s{seed}")
+
+
 def generator_sigma(t: Tensor, cfg: DistillConfig) -> Tensor:
     """EDM's ρ-schedule at t ∈ [0, 1] (t = 1 → σ_min), as the released code draws generator noise."""
     lo, hi = cfg.sigma_min ** (1 / cfg.rho), cfg.sigma_max ** (1 / cfg.rho)
