@@ -38,7 +38,7 @@ def test_shipped_params_yaml_is_valid():
 @pytest.mark.parametrize("overrides, message", [
     ({"expansion.sigma_min": -1.0}, r"theory\.expansion\.sigma_min: must satisfy 0 ≤ sigma_min < sigma_max"),
     ({"expansion.n_nodes": 2}, r"theory\.expansion\.n_nodes: must be ≥ 4"),
-    ({"expansion.tolerance": "small"}, r"theory\.expansion\.tolerance: expected a number"),
+    ({"expansion.tolerance": "small"}, r"theory\.expansion\.tolerance: expected a finite number"),
     ({"gradient.sigmas": [0.1, -2.0]}, r"theory\.gradient\.sigmas\[1\]: must be > 0"),
     ({"divergences": ["fkl", "kl"]}, r"theory\.divergences\[1\]: unknown divergence 'kl'; valid names: rkl, fkl"),
     ({"pairs": ["moons"]}, r"theory\.pairs\[0\]: unknown toy pair 'moons'; valid names: three_modes"),
@@ -61,8 +61,8 @@ def test_unknown_and_missing_keys():
 
 def test_missing_section(tmp_path):
     path = tmp_path / "params.yaml"
-    path.write_text("tier: cpu\n")
-    with pytest.raises(ConfigError, match="missing section 'theory'; sections present: tier"):
+    path.write_text("toy: {}\n")
+    with pytest.raises(ConfigError, match="missing section 'theory'; sections present: toy"):
         load_section(TheoryConfig, "theory", path)
 
 
@@ -109,7 +109,7 @@ def test_notebook_command_rejects_bad_params_before_running(tmp_path, monkeypatc
     out = run_cli("notebook", "theory/theorem_checks", "--params", str(bad), "--out-dir", str(tmp_path / "res"),
                   "--executed-dir", str(tmp_path / "nb"))
     assert out.returncode == 2
-    assert "theory.expansion.sigma_max: expected a number, got 'eighty'" in out.stderr
+    assert "theory.expansion.sigma_max: expected a finite number, got 'eighty'" in out.stderr
     assert not (tmp_path / "res").exists() and not (tmp_path / "nb").exists()
 
 

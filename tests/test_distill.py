@@ -89,10 +89,26 @@ def test_resume_in_process_equals_uninterrupted(tmp_path):
     assert full.history == resumed.history and full.rng.get_state().equal(resumed.rng.get_state())
 
 
-def test_resume_refuses_other_settings(tmp_path):
-    distiller(replace(TINY, iterations=8)).train(tmp_path, progress=False)
-    with pytest.raises(ValueError, match=r"other settings \(divergence\)"):
-        distiller(replace(TINY, divergence="js")).train(tmp_path, progress=False)
+@pytest.mark.parametrize("stale", ["settings", "code"])
+def test_a_stale_checkpoint_starts_afresh(tmp_path, capsys, stale):
+    """A checkpoint written with other settings or by other code (its source digest) is not resumed: the run starts
+    from iteration 0 and ends exactly like a run in an empty folder; loading such a state by hand is refused."""
+    cfg = replace(TINY, divergence="js", iterations=8)
+    distiller(replace(TINY, iterations=4) if stale == "code" else replace(TINY, iterations=4, divergence="fkl")).train(
+        tmp_path / "run", progress=False)
+    path = tmp_path / "run" / "checkpoint.pt"
+    if stale == "code":
+        cfg = replace(TINY, iterations=8)
+        state = checkpoint.load(path)
+        checkpoint.save_atomic({**state, "source": "0" * 64}, path)
+    fresh, rerun = distiller(cfg), distiller(cfg)
+    fresh.train(tmp_path / "fresh", progress=False)
+    rerun.train(tmp_path / "run", progress=False)
+    assert ("other code" if stale == "code" else "other settings (divergence)") in capsys.readouterr().err
+    assert torch.equal(flat(fresh.G), flat(rerun.G)) and fresh.history == rerun.history
+    if stale == "settings":
+        with pytest.raises(ValueError, match=r"other settings \(divergence\)"):
+            distiller(replace(TINY, divergence="fkl")).load_state_dict(checkpoint.load(path))
 
 
 def test_nan_guard_keeps_the_last_checkpoint(tmp_path):

@@ -120,6 +120,7 @@ def test_existing_wrong_file_is_replaced(server, tmp_path):
     dest.write_bytes(CORRUPT)
     assert download(_artifact(base, "/good.bin"), dest, timeout=5).sha256 == GOOD_SHA
     assert dest.read_bytes() == GOOD and len(log) == 1
+    assert dest.with_name("good.bin.rejected").read_bytes() == CORRUPT      # the user's file is kept, not deleted
 
 
 def test_corrupt_file_raises_and_leaves_nothing(server, tmp_path):
@@ -236,8 +237,9 @@ def test_fetch_pins_the_first_download_and_refuses_a_changed_file(httpd, tmp_pat
     assert first.sha256 == GOOD_SHA and GOOD_SHA in record.read_text()
     (tmp_path / "tofu.bin").unlink()
     ROUTES["/tofu.bin"] = ("range", CORRUPT)             # the server now serves other bytes
-    with pytest.raises(ChecksumError, match=GOOD_SHA):
+    with pytest.raises(ChecksumError, match=GOOD_SHA) as err:
         fetch(artifact, tmp_path, progress=False)
+    assert "trust on first use" in str(err.value) and "delete tofu.bin.sha256.json and retry" in str(err.value)
     assert not (tmp_path / "tofu.bin").exists() and not (tmp_path / "tofu.bin.part").exists()
     assert get("inception-2015-12-05").sha256.startswith("f58cb9b6")
     with pytest.raises(ValueError, match="unknown artifact 'edm'; valid: edm-cifar10-32x32-uncond-vp"):

@@ -17,6 +17,8 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+import yaml
 
 from conftest import ROOT
 
@@ -209,3 +211,56 @@ def test_bytecode_cache_leaves_stages_up_to_date(tmp_path, ignore):
     assert list((tmp_path / "pkg" / "__pycache__").glob("*.pyc")), "python wrote no bytecode: the test proves nothing"
     status = json.loads(_dvc(tmp_path, "status", "--json"))
     assert (status == {}) == ignore, status
+
+
+@pytest.mark.slow
+def test_a_killed_dvc_repro_resumes_its_runs(tmp_path, tiny_toy_params):
+    """`dvc repro` killed with SIGKILL mid-run, then rerun, resumes the run from its checkpoint (runs/toy persists)
+    and ends bit for bit like an uninterrupted run."""
+    import os
+    import signal
+    import time
+
+    from uniinstruct.training import checkpoint
+
+    params = yaml.safe_load(tiny_toy_params(iterations=1500, batch=32, checkpoint_every=50, warmup_fake_images=640,
+                                            warmup_sim_images=1280).read_text())
+    toy = params["toy"]
+    toy["matrix"].update(divergences=["js"], seeds=[0], official_seeds=[], methods=[], released_divergences=[],
+                         no_gan_divergences=[])
+    toy["ceiling"]["seeds"] = []
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "params.yaml").write_text(yaml.safe_dump({"toy": toy}, allow_unicode=True))
+    (repo / "dvc.yaml").write_text(
+        "stages:\n"
+        "  teacher:\n    cmd: uniinstruct toy teacher --quiet\n    params: [toy.teacher_train]\n"
+        "    outs: [results/toy/teacher]\n"
+        "  runs:\n    cmd: uniinstruct toy runs --workers 1 --quiet\n    deps: [results/toy/teacher/teacher.pt]\n"
+        "    params: [toy.distill, toy.matrix]\n    outs:\n      - runs/toy:\n          persist: true\n")
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    _dvc(repo, "init", "--no-scm", "-q")
+
+    def repro():
+        return subprocess.Popen([sys.executable, "-m", "dvc", "repro", "-q"], cwd=repo, env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+
+    victim = repro()
+    ckpt = repo / "runs" / "toy" / "ui-js-exact-s0" / "checkpoint.pt"
+    deadline = time.time() + 240
+    while not ckpt.exists() and time.time() < deadline and victim.poll() is None:
+        time.sleep(0.05)
+    os.killpg(victim.pid, signal.SIGKILL)               # dvc, its shell and the training process
+    victim.wait()
+    interrupted_at = checkpoint.load(ckpt)["iteration"]
+    assert 0 < interrupted_at < 1500 and not (ckpt.parent / "run.json").exists()
+    second = repro()
+    assert second.wait() == 0, second.stderr.read().decode()[-2000:]
+    run = json.loads((ckpt.parent / "run.json").read_text())
+    assert run["status"] == "ok" and run["resumed_from"] >= interrupted_at > 0
+    alone = subprocess.run(["uniinstruct", "toy", "distill", "--divergence", "js", "--runs-dir", "alone", "--quiet"],
+                           cwd=repo, env=env, capture_output=True, text=True)
+    assert alone.returncode == 0, alone.stderr[-2000:]
+    assert torch.equal(checkpoint.load(repo / "alone" / "ui-js-exact-s0" / "samples.pt"),
+                       checkpoint.load(ckpt.parent / "samples.pt"))
+    assert json.loads(_dvc(repo, "status", "--json")) == {}

@@ -225,23 +225,14 @@ def cmd_digits_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_teacher(args: argparse.Namespace) -> int:
-    from uniinstruct.teachers.download import DownloadError
     from uniinstruct.teachers.prepare import prepare_teacher
     from uniinstruct.teachers.safe_pickle import convert
 
     if args.action == "prepare":
-        try:
-            net, record = prepare_teacher(args.profile, Path(args.dir))
-        except (ValueError, DownloadError) as err:
-            print(f"uniinstruct: error: {err}", file=sys.stderr)
-            return 2
+        net, record = prepare_teacher(args.profile, Path(args.dir))
         print(json.dumps({k: v for k, v in record.items() if k != "config"}, indent=2))
         return 0
-    try:
-        info = convert(args.src, args.dst, key=args.key)
-    except ValueError as err:                   # UnsafePickleError included: a refused global, nothing written
-        print(f"uniinstruct: error: {err}", file=sys.stderr)
-        return 2
+    info = convert(args.src, args.dst, key=args.key)     # UnsafePickleError (a ValueError): nothing written
     print(f"converted {args.src} [{args.key}] {info['class_name']} ({info['num_parameters']:,} parameters) "
           f"-> {args.dst} + {Path(args.dst).with_suffix('.json')}")
     return 0
@@ -375,10 +366,12 @@ def build_parser() -> argparse.ArgumentParser:
                                                       help="EDM reference .npz (default: download it)")))}, {})
     teacher = sub.add_parser("teacher", help="EDM teachers: prepare | convert")
     teacher_sub = teacher.add_subparsers(dest="action", required=True, metavar="ACTION")
-    prep = teacher_sub.add_parser("prepare", help="download a profile's EDM teacher (sha256 pinned), convert it safely "
+    prep = teacher_sub.add_parser("prepare", help="download a profile's EDM teacher (sha256 recorded at first use), convert it safely "
                                                   "and check that it loads strictly")
     prep.add_argument("profile", help="cifar10-uncond | cifar10-cond | imagenet64-cond")
-    prep.add_argument("--dir", default="teachers", help="download and conversion folder (default: teachers)")
+    prep.add_argument("--dir", default="paper_runs/teachers",
+                      help="download and conversion folder (default: paper_runs/teachers, where `uniinstruct paper "
+                           "distill` looks with the default paper.folder)")
     prep.set_defaults(func=cmd_teacher)
     conv = teacher_sub.add_parser("convert", help="EDM network pickle -> state_dict (.pt) + config (.json), "
                                                   "through an allow-list: no code from the pickle runs")
@@ -390,12 +383,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; a user error is one line on stderr and exit 2, Ctrl-C one line and exit 130 (every training
+    stage resumes from its last atomic checkpoint when rerun)."""
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as err:      # ConfigError is a ValueError
+    except (ValueError, OSError) as err:     # ConfigError, ChecksumError (ValueError); DownloadError, missing files (OSError)
         print(f"uniinstruct: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("uniinstruct: interrupted; rerun the same command to resume from the last checkpoint", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -2,12 +2,15 @@
 
 Config sections are dataclasses; :func:`from_dict` builds one from a mapping and rejects unknown
 keys, missing keys, wrong types and bad values with a message that names the key path, e.g.
-``params.yaml: theory.expansion.sigma_min: must be > 0, got -1``.
+``params.yaml: theory.expansion.sigma_min: must be > 0, got -1``. :func:`load_section` reads ``params.yaml``, which
+must name every key (it is the complete record of a run's settings: a deleted key is an error, never a silent code
+default), and only the sections in :data:`SECTIONS`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from pathlib import Path
@@ -16,24 +19,25 @@ from typing import Any, Callable, Mapping, TypeVar
 import yaml
 
 T = TypeVar("T")
+SECTIONS = ("theory", "unification", "toy", "digits", "paper")      # the top-level sections of params.yaml
 
 
 class ConfigError(ValueError):
     """A bad value in params.yaml (or a dict standing for it), naming the key path."""
 
 
-def _coerce(value: Any, kind: Any, path: str) -> Any:
+def _coerce(value: Any, kind: Any, path: str, complete: bool) -> Any:
     origin = typing.get_origin(kind)
     if dataclasses.is_dataclass(kind):
-        return from_dict(kind, value, path)
+        return from_dict(kind, value, path, complete)
     if origin is list:
         (item,) = typing.get_args(kind)
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{path}: expected a list, got {type(value).__name__}")
-        return [_coerce(v, item, f"{path}[{i}]") for i, v in enumerate(value)]
+        return [_coerce(v, item, f"{path}[{i}]", complete) for i, v in enumerate(value)]
     if kind is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{path}: expected a number, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ConfigError(f"{path}: expected a finite number, got {value!r}")
         return float(value)
     if kind is int:
         if isinstance(value, bool) or not isinstance(value, int):
@@ -48,8 +52,9 @@ def _coerce(value: Any, kind: Any, path: str) -> Any:
     return value
 
 
-def from_dict(cls: type[T], data: Any, path: str = "params.yaml") -> T:
-    """Build the config dataclass ``cls`` from ``data``, validating every key (then ``cls.check``)."""
+def from_dict(cls: type[T], data: Any, path: str = "params.yaml", complete: bool = False) -> T:
+    """Build the config dataclass ``cls`` from ``data``, validating every key (then ``cls.check``); keys that
+    ``data`` omits take the code's defaults unless ``complete``, which requires every key."""
     if not isinstance(data, Mapping):
         raise ConfigError(f"{path}: expected a mapping of keys, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
@@ -60,9 +65,14 @@ def from_dict(cls: type[T], data: Any, path: str = "params.yaml") -> T:
     values = {}
     for name, field in fields.items():
         if name in data:
-            values[name] = _coerce(data[name], hints[name], f"{path}.{name}")
+            values[name] = _coerce(data[name], hints[name], f"{path}.{name}", complete)
         elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
             raise ConfigError(f"{path}.{name}: missing required key")
+        elif complete:
+            default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
+            shown = default if not dataclasses.is_dataclass(default) else "a section"
+            raise ConfigError(f"{path}.{name}: missing key; params.yaml records every setting of a run, so add it "
+                              f"(the code's default is {shown!r})")
     obj = cls(**values)
     check = getattr(obj, "check", None)
     if check is not None:
@@ -72,8 +82,8 @@ def from_dict(cls: type[T], data: Any, path: str = "params.yaml") -> T:
 
 
 def positive(**values: float) -> list[tuple[str, str]]:
-    """Problems for the values that are not > 0 (a helper for ``check`` methods)."""
-    return [(k, f"must be > 0, got {v}") for k, v in values.items() if not v > 0]
+    """Problems for the values that are not finite and > 0 (a helper for ``check`` methods)."""
+    return [(k, f"must be > 0, got {v}") for k, v in values.items() if not (v > 0 and math.isfinite(v))]
 
 
 def valid_names(key: str, names: list[str], lookup: Callable[[str], Any]) -> list[tuple[str, str]]:
@@ -87,11 +97,27 @@ def valid_names(key: str, names: list[str], lookup: Callable[[str], Any]) -> lis
     return problems
 
 
-def load_section(cls: type[T], section: str, params_file: str | Path = "params.yaml") -> T:
-    """Read ``section`` of ``params_file`` into the config class ``cls``."""
+def read_params(params_file: str | Path = "params.yaml") -> dict:
+    """The parsed ``params_file``: a mapping of known sections (a YAML error names its line and column)."""
     params_file = Path(params_file)
-    with params_file.open() as fh:
-        params = yaml.safe_load(fh) or {}
+    try:
+        with params_file.open(encoding="utf-8") as fh:
+            params = yaml.safe_load(fh) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{params_file}: not valid YAML{where}: {getattr(err, 'problem', None) or err}") from None
+    if not isinstance(params, Mapping):
+        raise ConfigError(f"{params_file}: expected a mapping of sections, got {type(params).__name__}")
+    unknown = [key for key in params if key not in SECTIONS]
+    if unknown:
+        raise ConfigError(f"{params_file}: unknown section {unknown[0]!r}; valid sections: {', '.join(SECTIONS)}")
+    return params
+
+
+def load_section(cls: type[T], section: str, params_file: str | Path = "params.yaml") -> T:
+    """Read ``section`` of ``params_file`` into the config class ``cls``; every key must be there."""
+    params = read_params(params_file)
     if section not in params:
         raise ConfigError(f"{params_file}: missing section {section!r}; sections present: {', '.join(params)}")
-    return from_dict(cls, params[section], f"{params_file.name}: {section}")
+    return from_dict(cls, params[section], f"{Path(params_file).name}: {section}", complete=True)

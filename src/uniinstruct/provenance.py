@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import os
 import platform
@@ -31,6 +33,17 @@ def code_version(root: Path | None = None) -> dict[str, Any]:
         return {"commit": git("rev-parse", "HEAD"), "dirty": bool(changed)}
     except (OSError, subprocess.CalledProcessError):
         return {"commit": None, "dirty": None}
+
+
+@functools.lru_cache(maxsize=1)
+def source_digest() -> str:
+    """sha256 of the package's source and data files (path and bytes), independent of git: a checkpoint written by
+    other code is not resumed (a killed run resumes only under the code that started it)."""
+    package = Path(__file__).resolve().parent
+    digest = hashlib.sha256()
+    for path in sorted(p for p in package.rglob("*") if p.is_file() and p.suffix in (".py", ".csv")):
+        digest.update(str(path.relative_to(package)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
 
 
 def library_versions() -> dict[str, str | None]:

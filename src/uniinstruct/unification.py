@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from uniinstruct import divergences, losses, methods
-from uniinstruct.config import positive, valid_names
+from uniinstruct.config import positive
 from uniinstruct.theory.gradients import (exact_gradients, expected_path_gradients, posterior_path_nodes,
                                           tail_gradients)
 from uniinstruct.toy.mixture import GaussianMixture
@@ -54,7 +54,11 @@ class UnificationConfig:
         problems = positive(sigma=self.sigma, sigma_max=self.sigma_max, tail_nodes=self.tail_nodes,
                             official_batch=self.official_batch,
                             points_per_std=self.points_per_std, tolerance=self.tolerance)
-        problems += valid_names("pair", [self.pair, self.reference_pair], pair)
+        for key in ("pair", "reference_pair"):
+            try:
+                pair(getattr(self, key))
+            except ValueError as err:
+                problems.append((key, str(err)))
         if self.sigma_max <= self.sigma:
             problems.append(("sigma_max", f"must be > sigma ({self.sigma})"))
         for i, v in enumerate(self.variants):

@@ -28,7 +28,7 @@ from uniinstruct.images.data import ImageDataset, load, one_hot, save_grid
 from uniinstruct.networks import EDMPrecond, UNet, parameter_count
 from uniinstruct.sampling import heun_nfe, heun_sampler
 from uniinstruct.training import checkpoint, ddp
-from uniinstruct.training.distill import DistillConfig, Distiller, run_name, train_and_record
+from uniinstruct.training.distill import DistillConfig, Distiller, prune_runs, run_name, train_and_record
 
 
 @dataclass
@@ -218,11 +218,15 @@ def run_job(cfg: DigitsConfig, params: dict, overrides: dict, runs_dir: Path, te
 
 def runs_stage(cfg: DigitsConfig, params: dict, runs_dir: Path, teacher_dir: Path, workers: int = 2,
                progress: bool = True) -> list[str]:
-    """Every run of ``digits.matrix``, ``workers`` processes at a time (:func:`parallel.starmap`)."""
+    """Every run of ``digits.matrix``, ``workers`` processes at a time (:func:`parallel.starmap`), each resuming from
+    its checkpoint; folders of runs that the matrix no longer has are deleted."""
     m = cfg.matrix
-    jobs = [(cfg, params, {"divergence": d, "estimator": e, "seed": seed}, runs_dir, teacher_dir)
-            for d in m.divergences for e in m.estimators for seed in m.seeds]
-    return parallel.starmap(run_job, jobs, workers, progress, "digits runs")
+    overrides = [{"divergence": d, "estimator": e, "seed": seed} for d in m.divergences for e in m.estimators
+                 for seed in m.seeds]
+    prune_runs(runs_dir, [run_name(**o, ratio=cfg.distill.ratio, method=cfg.distill.method, use_gan=cfg.distill.use_gan)
+                          for o in overrides])
+    return parallel.starmap(run_job, [(cfg, params, o, runs_dir, teacher_dir) for o in overrides], workers, progress,
+                            "digits runs")
 
 
 # ---------------------------------------------------------------------------- sample stage
@@ -264,7 +268,7 @@ def sample_stage(cfg: DigitsConfig, params: dict, teacher_dir: Path, runs_dir: P
         sets.append((run_dir.name, samples, {"nfe": 1, "iteration": iteration}))
     index = []
     for name, samples, info in sets:
-        torch.save(samples, out_dir / f"{name}.pt")
+        checkpoint.save_atomic(samples, out_dir / f"{name}.pt", finite=False)
         save_grid(samples[:100], out_dir / f"{name}.png")
         index.append({"name": name, "n": len(samples), **info})
     provenance.write_json(out_dir / "samples.json", {"sets": index, "provenance": provenance.record(params, started)})

@@ -94,7 +94,7 @@ def evaluate_stage(cfg: DigitsConfig, params: dict, teacher_dir: Path, classifie
     rows, curves = [], []
     sets = sample_sets(samples_dir, teacher_dir, runs_dir)
     xs = [data.images[perm[n_fid:n_fid + cfg.n_samples]] if path is None else
-          torch.load(path, weights_only=True).clamp(-1, 1) for _, path, _ in [floor, *sets]]
+          checkpoint.load(path).clamp(-1, 1) for _, path, _ in [floor, *sets]]
     real_inception, *inception = fid.inception_features_of_sets(
         [to_uint8(data.images[perm[:n_fid]])] + [to_uint8(x[:n_fid]) for x in xs], weights, cfg.fid.batch, workers)
     for (name, _, info), x, feats in zip([floor, *sets], xs, inception):

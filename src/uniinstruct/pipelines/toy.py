@@ -27,7 +27,7 @@ from uniinstruct.toy.metrics import mixture_moments, toy_report
 from uniinstruct.toy.mixture import GaussianMixture
 from uniinstruct.toy.problems import benchmark
 from uniinstruct.training import checkpoint
-from uniinstruct.training.distill import DistillConfig, Distiller, run_name, schedule_summary
+from uniinstruct.training.distill import DistillConfig, Distiller, prune_runs, run_name, schedule_summary
 
 TEACHERS = ("analytic", "learned")
 
@@ -187,7 +187,7 @@ def teacher_stage(cfg: ToyConfig, params: dict, out_dir: Path, progress: bool = 
         latents = torch.randn(cfg.n_samples, 2, generator=gen)
         samples = heun_sampler(denoiser, latents, num_steps=cfg.heun_steps, sigma_max=cfg.distill.sigma_max,
                                sigma_min=cfg.distill.sigma_min, rho=cfg.distill.rho)
-        torch.save(samples.double(), out_dir / f"samples_{kind}.pt")
+        checkpoint.save_atomic(samples.double(), out_dir / f"samples_{kind}.pt", finite=False)
     provenance.write_json(out_dir / "teacher.json", {**record, "provenance": provenance.record(params, started)})
     return record
 
@@ -223,8 +223,9 @@ def distill_stage(cfg: ToyConfig, dcfg: DistillConfig, params: dict, run_dir: Pa
     gen = torch.Generator().manual_seed(10_000 + dcfg.seed)
     with torch.no_grad():
         samples = distiller.generate(torch.randn(cfg.n_samples, 2, generator=gen), distiller.G_ema)
-    torch.save(samples.double(), run_dir / "samples.pt")
-    record = {"config": asdict(dcfg), **status, "schedule": schedule_summary(dcfg), "history": history}
+    checkpoint.save_atomic(samples.double(), run_dir / "samples.pt", finite=False)
+    record = {"config": asdict(dcfg), **status, "resumed_from": distiller.resumed_from,
+              "schedule": schedule_summary(dcfg), "history": history}
     provenance.write_json(run_dir / "run.json", {**record, "provenance": provenance.record(params, started)})
     return record
 
@@ -268,7 +269,7 @@ def ceiling_stage(cfg: ToyConfig, params: dict, run_dir: Path, teacher_dir: Path
     z = torch.randn(cfg.n_samples, 2, generator=torch.Generator().manual_seed(10_000 + seed))
     with torch.no_grad():
         samples = net(cfg.distill.sigma_init * z, torch.full((len(z),), cfg.distill.sigma_init))
-    torch.save(samples.double(), run_dir / "samples.pt")
+    checkpoint.save_atomic(samples.double(), run_dir / "samples.pt", finite=False)
     record = {"kind": "ceiling", "config": asdict(cfg.ceiling), "seed": seed, "iterations": iterations, "status": "ok",
               "final_loss": sum(history[-100:]) / min(100, len(history)),
               "history": [{"iteration": i + 1, "mse": v} for i, v in enumerate(history) if (i + 1) % 100 == 0]}
@@ -329,9 +330,12 @@ def run_job(cfg: ToyConfig, params: dict, job: Job, runs_dir: Path, teacher_dir:
 
 def runs_stage(cfg: ToyConfig, params: dict, runs_dir: Path, teacher_dir: Path, workers: int = 2,
                progress: bool = True) -> list[str]:
-    """Every run of :func:`plan`, ``workers`` processes at a time (:func:`parallel.starmap`)."""
+    """Every run of :func:`plan`, ``workers`` processes at a time (:func:`parallel.starmap`), each resuming from its
+    checkpoint; folders of runs that the plan no longer has are deleted."""
+    jobs = plan(cfg)
     runs_dir.mkdir(parents=True, exist_ok=True)
-    return parallel.starmap(run_job, [(cfg, params, job, runs_dir, teacher_dir) for job in plan(cfg)], workers,
+    prune_runs(runs_dir, [job.name for job in jobs])
+    return parallel.starmap(run_job, [(cfg, params, job, runs_dir, teacher_dir) for job in jobs], workers,
                             progress, "toy runs")
 
 
@@ -350,7 +354,7 @@ def evaluate_stage(cfg: ToyConfig, params: dict, runs_dir: Path, teacher_dir: Pa
             raise FileNotFoundError(f"{run_json} is missing: run the distill stage for {folder.name} first")
         entries.append((folder.name, folder / "samples.pt", _describe_run(json.loads(run_json.read_text()))))
     for name, samples_path, info in tqdm(entries, desc="evaluate"):
-        x = torch.load(samples_path, weights_only=True)
+        x = checkpoint.load(samples_path)
         rows.append({"run": name, **info, **toy_report(q, x, generator=torch.Generator().manual_seed(7))})
     provenance.write_json(out_path, {"rows": rows, "provenance": provenance.record(params, started)})
     return rows

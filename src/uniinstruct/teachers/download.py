@@ -5,7 +5,8 @@ Guarantees of :func:`download`:
 - ``dest`` only ever appears complete and verified: bytes land in ``<dest>.part`` in the same folder, which is checked
   (size when known, sha256 when known), fsynced and moved onto ``dest`` with ``os.replace`` (atomic on one filesystem).
 - An existing ``dest`` whose sha256 matches is returned at once, with no network request. One whose hash differs is
-  deleted before the download starts, so no corrupt ``dest`` is left behind.
+  moved to ``<dest>.rejected`` before the download starts (a user's file is never deleted), so no corrupt ``dest`` is
+  left behind.
 - Connection errors, timeouts and bodies shorter than their Content-Length are retried up to ``retries`` times, each
   time resuming the ``.part`` with ``Range: bytes=N-``. A 206 answer is appended; a 200 answer (no Range support)
   restarts from zero; a 416 answer keeps the ``.part`` only when it already has the server's full length. A broken
@@ -53,8 +54,9 @@ class DownloadResult:
     url: str
 
 
-class DownloadError(RuntimeError):
-    """The server refused the file (HTTP status) or the transfer kept failing."""
+class DownloadError(OSError):
+    """The server refused the file (HTTP status) or the transfer kept failing (an I/O error: the CLI reports it in
+    one line)."""
 
 
 class ChecksumError(ValueError):
@@ -150,7 +152,7 @@ def download(artifact: Artifact, dest: Path, *, chunk_size: int = 1 << 20, timeo
         if (artifact.size is None or dest.stat().st_size == artifact.size) and \
                 (digest := sha256_file(dest)) == artifact.sha256.lower():
             return DownloadResult(dest, digest, dest.stat().st_size, False, artifact.url)
-        dest.unlink()
+        os.replace(dest, dest.with_name(dest.name + ".rejected"))      # kept for inspection, never deleted
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
     with requests.Session() as session:

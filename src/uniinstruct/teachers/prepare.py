@@ -19,6 +19,7 @@ from uniinstruct.networks.edm_unets import EDMPrecondNet, adm_imagenet64, ddpmpp
 from uniinstruct.teachers import registry
 from uniinstruct.teachers.download import Artifact
 from uniinstruct.teachers.safe_pickle import convert
+from uniinstruct.training import checkpoint
 
 
 @dataclass(frozen=True)
@@ -42,7 +43,7 @@ def spec(profile: str) -> TeacherSpec:
 
 def load_strict(net: torch.nn.Module, state_path: Path) -> torch.nn.Module:
     """Load a converted state_dict with strict=True; a mismatch names the first missing and unexpected keys."""
-    state = torch.load(state_path, map_location="cpu", weights_only=True)
+    state = checkpoint.load(state_path)
     missing, unexpected = sorted(set(net.state_dict()) - set(state)), sorted(set(state) - set(net.state_dict()))
     if missing or unexpected:
         raise ValueError(f"{state_path} does not match the network: missing {missing[:5]} ({len(missing)}), "

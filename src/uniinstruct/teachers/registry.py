@@ -1,8 +1,10 @@
 """The paper tier's remote artifacts (digest §8, peers.md): EDM teachers, EDM FID reference statistics, Inception.
 
-A ``sha256`` of None means that no trusted hash was available offline when this list was written: the first
-download computes it and the caller records it next to the file (``<file>.sha256.json``), and later runs check
-against that record.
+A ``sha256`` of None means that no publisher lists one: NVIDIA's EDM release publishes no hashes for its network
+pickles and FID reference statistics, nor Toronto for CIFAR-10's tarball (whose published md5 is checked on read).
+The first download computes it and records it next to the file (``<file>.sha256.json``, trust on first use), and
+later runs check against that record; a mismatch names the record and how to reset it. Only the Inception weights
+have a published sha256 (the one k-diffusion pins).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from uniinstruct import provenance
-from uniinstruct.teachers.download import Artifact, DownloadResult, download
+from uniinstruct.teachers.download import Artifact, ChecksumError, DownloadResult, download
 
 _EDM = "https://nvlabs-fi-cdn.nvidia.com/edm"
 
@@ -46,6 +48,13 @@ def fetch(artifact: Artifact, folder: Path, progress: bool = True) -> DownloadRe
     record = dest.with_name(dest.name + ".sha256.json")
     if artifact.sha256 is None and record.exists():
         artifact = replace(artifact, sha256=json.loads(record.read_text())["sha256"])
+        try:
+            result = download(artifact, dest, progress=progress)
+        except ChecksumError as err:
+            raise ChecksumError(f"{err}. The expected hash was recorded at this file's first download (trust on first "
+                                f"use: no sha256 is published for it) in {record}; if that download was incomplete or "
+                                f"the publisher replaced the file, delete {record.name} and retry") from None
+        return result
     result = download(artifact, dest, progress=progress)
     if not record.exists():
         provenance.write_json(record, {"name": artifact.name, "url": artifact.url, "sha256": result.sha256,

@@ -369,6 +369,8 @@ def convert(src: str | Path, dst: str | Path, key: str = "ema") -> dict[str, Any
     src, dst = Path(src), Path(dst)
     if dst.suffix == ".json":
         raise ValueError(f"{dst}: the destination must not end in .json (that name is for its config)")
+    if src.resolve() in (dst.resolve(), dst.with_suffix(".json").resolve()):
+        raise ValueError(f"{dst}: converting {src} onto itself would overwrite the source; choose another name")
     data = load_edm_pickle(src)
     if not isinstance(data, dict) or key not in data:
         keys = ", ".join(map(str, data)) if isinstance(data, dict) else type(data).__name__

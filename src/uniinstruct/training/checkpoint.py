@@ -1,26 +1,37 @@
-"""Atomic checkpoints: write to a temporary file in the same folder, fsync, then rename.
+"""Atomic, checked tensor files (checkpoints, teachers, classifiers, sample sets).
 
-A crash at any moment leaves either the previous checkpoint or the new one, never a partial file.
-Checkpoints hold tensors, plain containers and numbers only, and are read with ``weights_only=True``.
+:func:`save_atomic` writes to a temporary file in the same folder, fsyncs, then renames: a crash at any moment leaves
+either the previous file or the new one, never a partial one (a temporary file that a killed save left behind is
+removed by the next save). The files are torch's zip format, which stores a CRC-32 of every record; :func:`load`
+checks them all before unpickling (``weights_only=True``: tensors, plain containers and numbers only), so a
+flipped bit or a truncated file is a one-line :class:`CorruptFileError` naming the file, never silently wrong weights.
 """
 
 from __future__ import annotations
 
 import os
+import pickle
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
 
-def save_atomic(state: dict[str, Any], path: str | Path) -> Path:
-    """torch.save ``state`` to ``path`` atomically; refuses states with non-finite floating tensors."""
+class CorruptFileError(ValueError):
+    """A tensor file that fails its CRC-32 checks or cannot be read (truncated, overwritten, not torch's format)."""
+
+
+def save_atomic(state: Any, path: str | Path, finite: bool = True) -> Path:
+    """torch.save ``state`` to ``path`` atomically; with ``finite``, refuses states with non-finite floating tensors."""
     path = Path(path)
     bad = [key for key, value in _tensors(state) if value.is_floating_point() and not torch.all(torch.isfinite(value))]
-    if bad:
+    if finite and bad:
         raise FloatingPointError(f"refusing to checkpoint non-finite tensors: {', '.join(bad[:5])}")
     path.parent.mkdir(parents=True, exist_ok=True)
+    for orphan in path.parent.glob(f".{path.name}.*.tmp"):        # left by a save that was killed
+        orphan.unlink(missing_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:
@@ -34,9 +45,25 @@ def save_atomic(state: dict[str, Any], path: str | Path) -> Path:
     return path
 
 
-def load(path: str | Path) -> dict[str, Any]:
-    """Load a checkpoint written by :func:`save_atomic` (no code execution: weights_only)."""
-    return torch.load(Path(path), map_location="cpu", weights_only=True)
+def load(path: str | Path) -> Any:
+    """Load a file written by :func:`save_atomic` after checking every record's CRC-32 (no code execution:
+    weights_only). A missing file is a FileNotFoundError, a damaged one a :class:`CorruptFileError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: run the stage that writes it first")
+    remedy = "delete it and rerun the stage that writes it"
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError) as err:
+        raise CorruptFileError(f"{path} is truncated or not a torch file ({err}); {remedy}") from None
+    if bad is not None:
+        raise CorruptFileError(f"{path}: record {bad} fails its CRC-32 check (the file is corrupt); {remedy}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, pickle.UnpicklingError, EOFError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CorruptFileError(f"{path} cannot be read ({first}); {remedy}") from None
 
 
 def _tensors(obj: Any, prefix: str = ""):

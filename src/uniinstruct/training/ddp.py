@@ -35,6 +35,9 @@ def init_from_env(device: str) -> tuple[int, int]:
 
 def local_device(device: str) -> torch.device:
     """``cuda`` means this process's GPU (``LOCAL_RANK``) under torchrun."""
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device: {device} asked for, but this torch ({torch.__version__}) sees no CUDA GPU; "
+                         f"set device: cpu")
     if device == "cuda":
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     return torch.device(device)

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import copy
 import math
+import shutil
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -80,7 +82,18 @@ class DistillConfig:
         problems = [("batch_gpu", f"must be ≥ 0, got {self.batch_gpu}")] if self.batch_gpu < 0 else []
         problems += positive(iterations=self.iterations, batch=self.batch, sigma_init=self.sigma_init,
                             tmax=self.tmax, lr=self.lr, glr=self.glr, checkpoint_every=self.checkpoint_every,
-                            log_every=self.log_every, ema_halflife_images=self.ema_halflife_images)
+                            log_every=self.log_every, ema_halflife_images=self.ema_halflife_images,
+                            sigma_min=self.sigma_min, rho=self.rho, p_std=self.p_std, adam_eps=self.adam_eps,
+                            grad_clip=self.grad_clip, ratio_n_dims=self.ratio_n_dims)
+        if not self.sigma_min < self.sigma_max:
+            problems.append(("sigma_max", f"must be > sigma_min ({self.sigma_min}), got {self.sigma_max}"))
+        if not self.tmax <= 1000:
+            problems.append(("tmax", f"must be in (0, 1000] (t ~ U[0, tmax/1000] on the EDM schedule), got {self.tmax}"))
+        problems += [(key, f"must be ≥ 0, got {value}") for key, value in
+                     (("ema_rampup", self.ema_rampup), ("ls", self.ls), ("lsd", self.lsd), ("lsg", self.lsg),
+                      ("lsg_gan", self.lsg_gan)) if not value >= 0]
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            problems.append(("betas", f"must be [β1, β2] with 0 ≤ β < 1, got {self.betas}"))
         try:
             divergences.get(self.divergence)
         except ValueError as err:
@@ -147,6 +160,7 @@ class Distiller:
         self.opt_g = torch.optim.Adam(generator.parameters(), lr=cfg.glr, betas=tuple(cfg.betas), eps=cfg.adam_eps)
         self.method = methods.get(cfg.method) if cfg.method else None
         self.iteration, self.cur_nimg, self.history = 0, 0, []
+        self.resumed_from = 0          # the iteration the last call of train() started at
         self._shape = tuple(sample_real(1, torch.Generator().manual_seed(0))[0].shape[1:])
 
     # ------------------------------------------------------------------ sampling helpers
@@ -305,6 +319,9 @@ class Distiller:
                 p_ema.lerp_(p, 1 - beta)
 
     def step(self) -> dict[str, float]:
+        # Dropout draws from torch's global generator: reseed it from (seed, iteration, rank) so that dropout masks,
+        # like every other random number here, follow from the seed and survive a resume.
+        torch.manual_seed((self.cfg.seed * 1_000_003 + self.iteration) * 1_009 + ddp.world()[0])
         phase = self.phase()
         logs = {"iteration": self.iteration + 1, "images": self.cur_nimg + self.cfg.batch, "phase": phase,
                 **self.fake_step()}
@@ -320,7 +337,8 @@ class Distiller:
         return {"config": asdict(self.cfg), "iteration": self.iteration, "cur_nimg": self.cur_nimg,
                 "generator": self.G.state_dict(), "generator_ema": self.G_ema.state_dict(),
                 "fake": self.fake.state_dict(), "opt_fake": self.opt_fake.state_dict(),
-                "opt_g": self.opt_g.state_dict(), "rng": self.rng.get_state(), "history": self.history}
+                "opt_g": self.opt_g.state_dict(), "rng": self.rng.get_state(), "history": self.history,
+                "source": provenance.source_digest()}
 
     def load_state_dict(self, state: dict) -> None:
         changed = {k for k, v in state["config"].items() if asdict(self.cfg).get(k) != v} - RESUMABLE_CHANGES
@@ -335,11 +353,28 @@ class Distiller:
         self.opt_g.load_state_dict(state["opt_g"])
         self.rng.set_state(state["rng"])
 
+    def stale(self, state: dict) -> str:
+        """Why a checkpoint cannot be resumed by this run ("" when it can): other code, or other settings than
+        those a resume may change."""
+        if state.get("source") != provenance.source_digest():
+            return "it was written by other code"
+        changed = {k for k, v in state["config"].items() if asdict(self.cfg).get(k) != v} - RESUMABLE_CHANGES
+        return f"it was written with other settings ({', '.join(sorted(changed))})" if changed else ""
+
     def train(self, run_dir: str | Path, progress: bool = True) -> list[dict]:
-        """Run to ``cfg.iterations``, resuming from ``run_dir/checkpoint.pt`` when it exists."""
+        """Run to ``cfg.iterations``, resuming from ``run_dir/checkpoint.pt`` when it exists and was written by this
+        code with these settings; a stale checkpoint is replaced by a fresh start (with a note on stderr)."""
         path = Path(run_dir) / "checkpoint.pt"
-        if path.exists():
-            self.load_state_dict(checkpoint.load(path))
+        state = checkpoint.load(path) if path.exists() else None
+        if state is not None and (reason := self.stale(state)):
+            print(f"{path}: not resumed, {reason}; starting from iteration 0", file=sys.stderr)
+            state = None
+        if state is not None:
+            self.load_state_dict(state)
+            if self.iteration > self.cfg.iterations:
+                raise ValueError(f"{path} is at iteration {self.iteration}, past iterations: {self.cfg.iterations}; "
+                                 f"raise iterations to continue it, or use another runs folder")
+        self.resumed_from = self.iteration
         bar = tqdm(total=self.cfg.iterations, initial=self.iteration, desc="distill",
                    disable=not (progress and ddp.is_main()))
         while self.iteration < self.cfg.iterations:
@@ -356,10 +391,20 @@ class Distiller:
         return self.history
 
 
+def prune_runs(runs_dir: Path, keep: list[str]) -> list[str]:
+    """Delete the run folders of ``runs_dir`` that are not in ``keep`` (runs a matrix no longer has: DVC keeps a
+    persistent runs folder between reruns so that killed runs resume); returns the names deleted."""
+    gone = sorted(p.name for p in runs_dir.iterdir() if p.is_dir() and p.name not in keep) if runs_dir.is_dir() else []
+    for name in gone:
+        shutil.rmtree(runs_dir / name)
+    return gone
+
+
 def train_and_record(distiller: Distiller, run_dir: Path, params: dict, started: float,
                      progress: bool = True) -> dict | None:
     """Train to ``cfg.iterations`` (resuming), then write ``run_dir/run.json`` from the first process: status
-    (``ok``, or ``diverged`` with the iteration: a result, not a crash), schedule, history and provenance."""
+    (``ok``, or ``diverged`` with the iteration: a result, not a crash), the iteration it resumed from (its wall time
+    covers this invocation only), schedule, history and provenance."""
     status = {"status": "ok"}
     try:
         distiller.train(run_dir, progress)
@@ -367,8 +412,8 @@ def train_and_record(distiller: Distiller, run_dir: Path, params: dict, started:
         status = {"status": "diverged", "diverged_at": distiller.iteration, "error": str(err)}
     if not ddp.is_main():
         return None
-    record = {"config": asdict(distiller.cfg), **status, "schedule": schedule_summary(distiller.cfg),
-              "world_size": ddp.world()[1], "history": distiller.history}
+    record = {"config": asdict(distiller.cfg), **status, "resumed_from": distiller.resumed_from,
+              "schedule": schedule_summary(distiller.cfg), "world_size": ddp.world()[1], "history": distiller.history}
     provenance.write_json(Path(run_dir) / "run.json", {**record, "provenance": provenance.record(params, started)})
     return record
 
