@@ -104,6 +104,21 @@ def test_dropout_follows_the_seed_and_survives_a_resume(tmp_path, data):
     assert not torch.equal(flat(one.G), flat(without.G))
 
 
+def test_networks_run_in_eval_mode_where_the_released_code_does(data):
+    """The generator makes the fake-score update's samples in eval mode, the fake score scores the generator's samples
+    in eval mode (no dropout in either, as the released code); both train otherwise and end in train mode."""
+    d = distiller(replace(TINY, warmup_fake_images=0, warmup_sim_images=0), data, dropout=0.2)
+    seen = {"G": [], "fake": []}
+    d.G.register_forward_hook(lambda m, i, o: seen["G"].append(m.training))
+    d.fake.register_forward_hook(lambda m, i, o: seen["fake"].append(m.training))
+    d.fake_step()
+    assert seen == {"G": [False], "fake": [True, True]}        # generator sample; fake score on fake and real
+    seen["G"].clear(), seen["fake"].clear()
+    d.generator_step("divergence")
+    assert seen == {"G": [True], "fake": [False]}
+    assert d.G.training and d.fake.training
+
+
 def test_nan_guard_keeps_the_last_checkpoint(tmp_path, data):
     d = distiller(replace(TINY, warmup_fake_images=0, warmup_sim_images=0), data)
     d.cfg = replace(d.cfg, iterations=2)

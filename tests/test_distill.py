@@ -179,3 +179,15 @@ def test_sigkill_and_resume_through_the_cli(tmp_path, tiny_toy_params):
     a = torch.load(tmp_path / "uninterrupted" / "ui-js-exact-s0" / "samples.pt", weights_only=True)
     b = torch.load(ckpt.parent / "samples.pt", weights_only=True)
     assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("precision, tf32", [("fp32", False), ("tf32", True), ("bf16", False)])
+def test_precision_sets_tf32_explicitly(precision, tf32):
+    """fp32 is strict float32 as in the released code and EDM (PyTorch lets cuDNN use TF32 by default); tf32 allows it."""
+    before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    try:
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = not tf32
+        distiller(replace(TINY, precision=precision))
+        assert torch.backends.cudnn.allow_tf32 is tf32 and torch.backends.cuda.matmul.allow_tf32 is tf32
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before

@@ -81,11 +81,25 @@ def test_fake_score_loss(shape, per_sample):
 @pytest.mark.parametrize("shape", [(3,), (3, 1, 2, 2)])
 def test_discriminator_loss(shape):
     lr, lf = arrays(shape, seed=1, n=2)
-    mr, mf = flat(lr).mean(1), flat(lf).mean(1)
-    expected = [0.5 * (softplus(-a) + softplus(b)) for a, b in zip(mr, mf)]
+    expected = [0.5 * (np.mean([softplus(-a) for a in r]) + np.mean([softplus(b) for b in f]))
+                for r, f in zip(flat(lr), flat(lf))]
     out = losses.discriminator_loss(t(lr), t(lf))
     assert out.shape == (3,)
     close(out, expected)
+
+
+def test_gan_losses_average_the_bce_over_a_logit_map_like_the_released_code():
+    """A 2×2 logit map by hand: the BCE of every position, averaged (torch's BCEWithLogitsLoss on the map, the released
+    code's op), not the BCE of the mean logit (which would be softplus(−0.875) = 0.3550 for the generator)."""
+    fake = torch.tensor([[[[1.0, -2.0], [0.5, 12.0]]]], dtype=torch.float64)
+    real = torch.tensor([[[[0.0, 3.0], [-1.0, 2.0]]]], dtype=torch.float64)
+    bce = torch.nn.BCEWithLogitsLoss()
+    by_hand = np.mean([softplus(-1.0), softplus(2.0), softplus(-0.5), softplus(-10.0)])      # 12 clamped to 10
+    close(losses.generator_gan_loss(fake), [by_hand])
+    close(losses.generator_gan_loss(fake), [float(bce(fake.clamp(-10, 10), torch.ones_like(fake)))])
+    released_d = 0.5 * (bce(real, torch.ones_like(real)) + bce(fake, torch.zeros_like(fake)))
+    close(losses.discriminator_loss(real, fake), [float(released_d)])
+    assert abs(by_hand - softplus(-fake.clamp(-10, 10).mean().item())) > 0.1      # the two readings differ
 
 
 def test_generator_gan_loss_clamps():

@@ -54,13 +54,15 @@ def fake_score_loss(y_fake: Tensor, x_g: Tensor, sigma: Tensor, sigma_data: floa
 
 
 def discriminator_loss(logit_real: Tensor, logit_fake: Tensor) -> Tensor:
-    """Per-sample GAN loss of the discriminator: ½[BCE(ℓ(x_real), 1) + BCE(ℓ(x_g), 0)]."""
-    return 0.5 * (softplus(-_flat(logit_real).mean(1)) + softplus(_flat(logit_fake).mean(1)))
+    """Per-sample GAN loss of the discriminator: ½[BCE(ℓ(x_real), 1) + BCE(ℓ(x_g), 0)], each BCE averaged over the
+    positions of a logit map [B, 1, r, r] as the released code's ``BCEWithLogitsLoss`` on the map does."""
+    return 0.5 * (softplus(-_flat(logit_real)).mean(1) + softplus(_flat(logit_fake)).mean(1))
 
 
 def generator_gan_loss(logit_fake: Tensor, clamp: float = 10.0) -> Tensor:
-    """Generator's non-saturating GAN loss BCE(clamp(ℓ(x_g)), 1) (the released code clamps to ±10)."""
-    return softplus(-_flat(logit_fake).mean(1).clamp(-clamp, clamp))
+    """Generator's non-saturating GAN loss BCE(clamp(ℓ(x_g)), 1) per sample, averaged over the positions of a logit
+    map (the released code clamps to ±10 and takes ``BCEWithLogitsLoss`` of the map)."""
+    return softplus(-_flat(logit_fake).clamp(-clamp, clamp)).mean(1)
 
 
 # ---------------------------------------------------------------------------- density-ratio estimators

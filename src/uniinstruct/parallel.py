@@ -26,4 +26,7 @@ def starmap(fn: Callable, jobs: Sequence[tuple], workers: int = 2, progress: boo
         return [fn(*job) for job in tqdm(jobs, desc=desc, disable=not progress)]
     with multiprocessing.get_context("spawn").Pool(min(workers, len(jobs)), initializer=_one_thread) as pool:
         pending = [pool.apply_async(fn, job) for job in jobs]
-        return [p.get() for p in tqdm(pending, desc=desc, disable=not progress)]
+        results = [p.get() for p in tqdm(pending, desc=desc, disable=not progress)]
+        pool.close()            # let the workers exit normally (their locks released) before the pool is torn down
+        pool.join()
+    return results

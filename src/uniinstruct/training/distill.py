@@ -18,6 +18,7 @@ uniform over the classes for generator samples, the data's own for real samples.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import shutil
@@ -35,7 +36,9 @@ from uniinstruct.config import positive
 from uniinstruct.training import checkpoint, ddp
 
 RATIOS = ("logit", "released")
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}      # autocast dtype of the network passes
+# autocast dtype of the network passes, and whether CUDA may run float32 convolutions and matmuls in TF32 (PyTorch
+# lets cuDNN do so by default; the released code and EDM switch it off: "fp32" is strict float32)
+PRECISIONS = {"fp32": (None, False), "tf32": (None, True), "bf16": (torch.bfloat16, False)}
 RESUMABLE_CHANGES = {"iterations", "checkpoint_every", "log_every", "device"}   # may differ when resuming
 RealSampler = Callable[[int, torch.Generator], tuple[Tensor, Tensor | None]]  # n -> (samples, labels or None)
 
@@ -76,7 +79,7 @@ class DistillConfig:
     checkpoint_every: int = 500        # iterations between atomic checkpoints
     log_every: int = 50                # iterations between history entries
     device: str = "cpu"                # cpu | cuda (random numbers are drawn on the CPU either way)
-    precision: str = "fp32"            # fp32 | bf16: autocast of the network passes (losses stay fp32)
+    precision: str = "fp32"            # fp32 (strict: no TF32) | tf32 | bf16 (autocast of the network passes; losses fp32)
 
     def check(self):
         problems = [("batch_gpu", f"must be ≥ 0, got {self.batch_gpu}")] if self.batch_gpu < 0 else []
@@ -119,6 +122,17 @@ class DistillConfig:
         return problems
 
 
+@contextlib.contextmanager
+def eval_mode(module: nn.Module):
+    """``module`` in eval mode (dropout off) for one pass, its mode restored afterwards."""
+    training = module.training
+    module.eval()
+    try:
+        yield module
+    finally:
+        module.train(training)
+
+
 def run_name(divergence: str, estimator: str, seed: int, method: str = "", ratio: str = "logit",
              use_gan: bool = True) -> str:
     """Folder name of one run: ``ui-<div>-<estimator>[-<ratio>][-nogan]-s<seed>`` or ``m-<method>-s<seed>``."""
@@ -148,7 +162,8 @@ class Distiller:
         self.sample_real = sample_real      # (n, torch.Generator) -> (real samples, labels or None)
         self.sigma_data = sigma_data
         self.label_dim = label_dim          # classes of a class-conditional model; 0 = unconditional
-        self.autocast = PRECISIONS[cfg.precision]
+        self.autocast, tf32 = PRECISIONS[cfg.precision]
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = tf32
         if cfg.batch % ddp.world()[1]:
             raise ValueError(f"batch {cfg.batch} does not split over {ddp.world()[1]} processes")
         local = cfg.batch // ddp.world()[1]
@@ -216,7 +231,7 @@ class Distiller:
         self.opt_fake.zero_grad(set_to_none=True)
         logs: dict[str, float] = {}
         for z_r, c_r, x_real_r, c_real_r, sigma_r, noise_r in self._split(z, c_g, x_real, c_real, sigma, noise):
-            with torch.no_grad():
+            with torch.no_grad(), eval_mode(self.G):      # as the released code: no generator dropout here
                 x_g = self.generate(z_r, labels=c_r)
             y_fake, logit_fake = self.net(self.fake, x_g + noise_r, sigma_r, c_r, return_logits=True)
             loss_score = losses.fake_score_loss(y_fake, x_g, sigma_r, self.sigma_data).mean()
@@ -248,7 +263,8 @@ class Distiller:
         y_real = self.net(self.teacher, x_t, sigma, c_g)
         self.fake.requires_grad_(False)
         try:
-            y_fake, logit = self.net(self.fake, x_t, sigma, c_g, return_logits=True)
+            with eval_mode(self.fake):                     # as the released code: frozen, and no fake-score dropout
+                y_fake, logit = self.net(self.fake, x_t, sigma, c_g, return_logits=True)
         finally:
             self.fake.requires_grad_(True)
         w_f = losses.sid_weight_factor(x_g, y_real)
