@@ -375,3 +375,33 @@ def test_unknown_model_type_is_refused():
         EDMPrecondNet(img_resolution=8, img_channels=3, model_type="EDM2UNet")
     assert isinstance(EDMPrecondNet(img_resolution=8, img_channels=3, model_type="DhariwalUNet", model_channels=16,
                                     channel_mult=[1, 2], num_blocks=1, attn_resolutions=[]).model, DhariwalUNet)
+
+
+def test_attention_feeds_contiguous_heads_and_equals_softmax_attention(monkeypatch):
+    """The fused SDPA kernels need 4-D inputs with unit stride on the channel axis; the block's output equals EDM's
+    explicit softmax(qᵀk/√c) v attention (float64, so round-off is 1e-12)."""
+    import torch.nn.functional as F
+
+    from uniinstruct.networks import edm_unets
+
+    torch.manual_seed(0)
+    block = edm_unets.UNetBlock(64, 64, 16, attention=True, channels_per_head=32).double()
+    with torch.no_grad():
+        for p in block.parameters():
+            p.add_(0.1 * torch.randn_like(p))           # EDM zero-initialises the projection: make it matter
+    x, emb = torch.randn(2, 64, 4, 4, dtype=torch.float64), torch.randn(2, 16, dtype=torch.float64)
+    strides = []
+    sdpa = F.scaled_dot_product_attention
+
+    def recording(q, k, v, *args, **kwargs):
+        strides.append((q.dim(), q.stride(-1), k.stride(-1), v.stride(-1)))
+        return sdpa(q, k, v, *args, **kwargs)
+
+    monkeypatch.setattr(edm_unets.F, "scaled_dot_product_attention", recording)
+    fused = block._attend(x)
+    assert strides == [(4, 1, 1, 1)]            # [batch, heads, pixels, channels], channels contiguous
+    b, c, h, w = x.shape
+    q, k, v = block.qkv(block.norm2(x)).reshape(b * 2, c // 2, 3, h * w).unbind(2)
+    weights = torch.softmax(torch.einsum("ncq,nck->nqk", q, k) / (c // 2) ** 0.5, dim=2)
+    explicit = block.proj(torch.einsum("nqk,nck->ncq", weights, v).reshape(b, c, h, w))
+    assert torch.allclose(fused, explicit, rtol=1e-10, atol=1e-12)

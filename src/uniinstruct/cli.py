@@ -366,7 +366,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                       help="EDM reference .npz (default: download it)")))}, {})
     teacher = sub.add_parser("teacher", help="EDM teachers: prepare | convert")
     teacher_sub = teacher.add_subparsers(dest="action", required=True, metavar="ACTION")
-    prep = teacher_sub.add_parser("prepare", help="download a profile's EDM teacher (sha256 recorded at first use), convert it safely "
+    prep = teacher_sub.add_parser("prepare", help="download a profile's EDM teacher (sha256 recorded at first use), "
+                                                  "convert it safely "
                                                   "and check that it loads strictly")
     prep.add_argument("profile", help="cifar10-uncond | cifar10-cond | imagenet64-cond")
     prep.add_argument("--dir", default="paper_runs/teachers",
@@ -388,7 +389,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, OSError) as err:     # ConfigError, ChecksumError (ValueError); DownloadError, missing files (OSError)
+    except (ValueError, OSError) as err:     # ConfigError, ChecksumError; DownloadError, missing files (OSError)
         print(f"uniinstruct: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

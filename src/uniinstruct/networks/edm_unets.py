@@ -137,7 +137,7 @@ class UNetBlock(nn.Module):
     skip path (``skip``: a 1×1 projection when the width changes or, with ``resample_proj``, when resampling; a bare
     resampler otherwise), times ``skip_scale``. Attention (``norm2``, ``qkv``, ``proj``) is added residually and
     scaled by ``skip_scale`` too. The ``qkv`` output channels are laid out as [head, channel-in-head, (q, k, v)], the
-    layout of EDM's checkpoints; attention weights are computed in fp32.
+    layout of EDM's checkpoints; attention runs through ``scaled_dot_product_attention`` on contiguous heads.
     """
 
     def __init__(self, in_channels: int, out_channels: int, emb_channels: int, up: bool = False, down: bool = False,
@@ -174,11 +174,12 @@ class UNetBlock(nn.Module):
     def _attend(self, x: Tensor) -> Tensor:
         b, c, hgt, wid = x.shape
         heads = self.num_heads
-        q, k, v = self.qkv(self.norm2(x)).reshape(b * heads, c // heads, 3, hgt * wid).unbind(2)
-        # [batch·heads, pixels, channels]; softmax(qᵀk / √channels) v, in fp32.
-        out = F.scaled_dot_product_attention(q.transpose(1, 2).float(), k.transpose(1, 2).float(),
-                                             v.transpose(1, 2).float())
-        return self.proj(out.transpose(1, 2).reshape(b, c, hgt, wid).to(x.dtype))
+        qkv = self.qkv(self.norm2(x)).reshape(b, heads, c // heads, 3, hgt * wid)
+        # [batch, heads, pixels, channels] with unit stride on channels: the 4-D layout the fused (flash /
+        # memory-efficient) kernels need; softmax(qᵀk / √channels) v in the dtype the autocast region gives.
+        q, k, v = (t.transpose(2, 3).contiguous() for t in qkv.unbind(3))
+        out = F.scaled_dot_product_attention(q, k, v)
+        return self.proj(out.transpose(2, 3).reshape(b, c, hgt, wid).to(x.dtype))
 
     def forward(self, x: Tensor, emb: Tensor) -> Tensor:
         h = self.conv0(F.silu(self.norm0(x)))

@@ -1,0 +1,165 @@
+"""The paper tier's device check: one prepared call on a GPU machine, figures as JSON (results/gpu/gpu_check.json).
+
+    python benchmarks/gpu_check.py                       # on a GPU: every check, ~5 minutes on one H200
+    python benchmarks/gpu_check.py --tiny --device cpu   # a smoke run of the same code on a CPU (tiny networks)
+
+Checks, each recorded with its wall time (a failing check is recorded with its error; the others still run):
+- ``environment``: torch, CUDA, the GPU and its memory;
+- ``resume_with_dropout``: a DDPM++ run with dropout 0.13 (the CIFAR profiles') for 4 iterations against 2 + a resume
+  from the checkpoint: the largest parameter difference (0 on CPU; on a GPU non-deterministic kernels may leave
+  round-off, which the figure shows);
+- ``precision``: one Uni-Instruct iteration of the CIFAR-10 DDPM++ in strict fp32, tf32 and bf16: s/iteration, peak GiB;
+- ``batch_fill``: the ImageNet-64 ADM in bf16 at 8, 32 and 64 images per pass: s/iteration, images/s, peak GiB
+  (an out-of-memory answer is a result);
+- ``attention``: which fused scaled-dot-product kernels accept our attention block's inputs in bf16;
+- ``inception``: FID-Inception images/s on the device against one CPU thread (299×299 inputs, network only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import platform
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from distill_step import PROFILES, measure  # noqa: E402
+
+from uniinstruct.networks.edm_unets import UNetBlock, ddpmpp_cifar10  # noqa: E402
+from uniinstruct.training.distill import DistillConfig, Distiller  # noqa: E402
+
+
+def environment(device: str, tiny: bool) -> dict:
+    info = {"torch": torch.__version__, "cuda": torch.version.cuda, "python": platform.python_version(),
+            "device": device, "tiny": tiny}
+    if device.startswith("cuda"):
+        props = torch.cuda.get_device_properties(0)
+        info.update(gpu=props.name, memory_gib=props.total_memory / 2**30, capability=f"{props.major}.{props.minor}")
+    return info
+
+
+def resume_with_dropout(device: str, tiny: bool) -> dict:
+    channels = 16 if tiny else 64
+    shape = (3, 32, 32)
+    real = lambda n, gen: (torch.rand(n, *shape, generator=gen) * 2 - 1, None)     # noqa: E731
+    torch.manual_seed(0)
+    teacher = ddpmpp_cifar10(label_dim=0, model_channels=channels, dropout=0.13).eval().requires_grad_(False)
+    cfg = DistillConfig(batch=4 if tiny else 32, iterations=4, checkpoint_every=2, warmup_fake_images=0,
+                        warmup_sim_images=0, device=device, ratio_n_dims=3072)
+
+    def run(folder: Path, iterations: int) -> Distiller:
+        from dataclasses import replace
+
+        d = Distiller(replace(cfg, iterations=iterations), teacher, copy.deepcopy(teacher).train().requires_grad_(True),
+                      copy.deepcopy(teacher).train().requires_grad_(True), real, 0.5)     # dropout active
+        d.train(folder, progress=False)
+        return d
+
+    with tempfile.TemporaryDirectory() as tmp:
+        whole = run(Path(tmp) / "whole", 4)
+        run(Path(tmp) / "part", 2)
+        resumed = run(Path(tmp) / "part", 4)
+        diff = max((a - b).abs().max().item() for a, b in zip(whole.G.parameters(), resumed.G.parameters()))
+    return {"max_parameter_difference": diff, "model_channels": channels}
+
+
+def precision(device: str, tiny: bool) -> dict:
+    out = []
+    for p in ("fp32", "tf32", "bf16"):
+        out.append(measure("cifar10-uncond", p, device, 2 if tiny else 64, 16 if tiny else None, 1 if tiny else 3))
+    return {"runs": out}
+
+
+def batch_fill(device: str, tiny: bool) -> dict:
+    out = []
+    for batch in ((2,) if tiny else (8, 32, 64)):
+        try:
+            out.append(measure("imagenet64-cond", "bf16", device, batch, 16 if tiny else None, 1 if tiny else 2))
+        except torch.cuda.OutOfMemoryError as err:
+            out.append({"batch": batch, "error": f"out of memory: {str(err).splitlines()[0]}"})
+            torch.cuda.empty_cache()
+    return {"runs": out}
+
+
+def attention(device: str, tiny: bool) -> dict:
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    block = UNetBlock(256, 256, 64, attention=True, channels_per_head=64).to(device, dtype)
+    x = torch.randn(8, 256, 16, 16, device=device, dtype=dtype)
+    out = {}
+    for backend in (SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH):
+        try:
+            with sdpa_kernel([backend]):
+                block._attend(x)
+            out[backend.name] = "ok"
+        except RuntimeError as err:
+            out[backend.name] = f"refused: {str(err).splitlines()[0][:200]}"
+    return {"dtype": str(dtype), **out}
+
+
+def inception(device: str, tiny: bool) -> dict:
+    from uniinstruct.images import fid
+
+    model = fid.InceptionFeatures(fid.find_weights("auto"))
+    n = 8 if tiny else 500
+    x = torch.rand(n, 3, 299, 299) * 255
+
+    def rate(dev: str, images: torch.Tensor, batch: int) -> float:
+        m = model.to(dev)
+        with torch.no_grad():
+            m.layers((images[:batch].to(dev) - 128) / 128)             # warm-up
+            if dev.startswith("cuda"):
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            for i in range(0, len(images), batch):
+                m.layers((images[i:i + batch].to(dev) - 128) / 128)
+            if dev.startswith("cuda"):
+                torch.cuda.synchronize()
+        return len(images) / (time.perf_counter() - start)
+
+    cpu_threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    cpu = rate("cpu", x[:8], 8)
+    torch.set_num_threads(cpu_threads)
+    return {"images_per_s_device": rate(device, x, 8 if tiny else 250), "images_per_s_cpu_one_thread": cpu,
+            "weights": model.weights.kind}
+
+
+CHECKS = {"environment": environment, "resume_with_dropout": resume_with_dropout, "precision": precision,
+          "batch_fill": batch_fill, "attention": attention, "inception": inception}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--tiny", action="store_true", help="tiny networks and batches (a smoke run on a CPU)")
+    parser.add_argument("--checks", nargs="+", default=list(CHECKS), choices=list(CHECKS))
+    parser.add_argument("--out", default="results/gpu/gpu_check.json")
+    args = parser.parse_args()
+    assert set(PROFILES) >= {"cifar10-uncond", "imagenet64-cond"}
+    report = {}
+    for name in args.checks:
+        start = time.perf_counter()
+        try:
+            report[name] = CHECKS[name](args.device, args.tiny)
+        except Exception as err:                      # a failing check is a result; the others still run
+            report[name] = {"error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc()[-2000:]}
+        report[name]["wall_s"] = round(time.perf_counter() - start, 2)
+        print(name, json.dumps(report[name])[:400], flush=True)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
