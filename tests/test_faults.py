@@ -149,3 +149,22 @@ def test_resume_past_the_iterations_is_refused(tmp_path, capsys, tiny_toy_params
     (tmp_path / "runs" / "ui-fkl-exact-s0" / "checkpoint.pt").write_bytes(b"PK\x03\x04 truncated")
     code, err = run(["toy", "distill", "--params", long, *where], capsys)
     assert code == 2 and err.count("\n") == 1 and "checkpoint.pt is truncated" in err, err
+
+
+def test_a_failed_download_through_the_paper_stage_is_one_line(tmp_path, capsys, monkeypatch):
+    """`uniinstruct paper teacher` with the network unreachable (a closed local port): one line naming the file and
+    the URL after the retries, exit 2, no partial teacher."""
+    from dataclasses import replace
+
+    from uniinstruct.teachers import download, registry
+
+    name = "edm-cifar10-32x32-uncond-vp"
+    monkeypatch.setitem(registry.ARTIFACTS, name, replace(registry.ARTIFACTS[name], url="http://127.0.0.1:9/edm.pkl"))
+    monkeypatch.setattr(download, "_BACKOFF_S", 0.0)
+    params = copy.deepcopy(PARAMS)
+    params["paper"]["folder"] = str(tmp_path / "paper_runs")
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params, allow_unicode=True))
+    code, err = run(["paper", "teacher", "--profile", "cifar10-uncond", "--params", path, "--quiet"], capsys)
+    assert code == 2 and err.count("\n") == 1 and "failed after 4 attempt(s)" in err and "127.0.0.1:9" in err, err
+    assert not list((tmp_path / "paper_runs").rglob("*.pt"))
