@@ -24,6 +24,7 @@ ROUTES = {
     "/flaky.bin": ("truncate-always", GOOD),     # half of what was asked, every time
     "/norange.bin": ("no-range", GOOD),          # ignores Range, always 200
     "/stall.bin": ("stall-first", GOOD),         # half the body, then a pause longer than the client's timeout
+    "/nolength.bin": ("no-length-cut", GOOD),    # no Content-Length, and the connection closes after half the body
 }
 
 
@@ -48,6 +49,12 @@ class FixtureHandler(BaseHTTPRequestHandler):
             self.end_headers()
             return
         body = data[start:]
+        if mode == "no-length-cut":
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(body[: len(body) // 2])
+            self.close_connection = True
+            return
         self.send_response(206 if ranged else 200)
         self.send_header("Content-Length", str(len(body)))
         if ranged:
@@ -244,3 +251,18 @@ def test_fetch_pins_the_first_download_and_refuses_a_changed_file(httpd, tmp_pat
     assert get("inception-2015-12-05").sha256.startswith("f58cb9b6")
     with pytest.raises(ValueError, match="unknown artifact 'edm'; valid: edm-cifar10-32x32-uncond-vp"):
         get("edm")
+
+
+def test_a_cut_body_without_content_length_is_never_recorded(httpd, tmp_path):
+    """No Content-Length, no known hash or size: the cut body is not kept, and no first-use hash is recorded (which
+    would refuse the correct file forever)."""
+    from uniinstruct.teachers.registry import fetch
+
+    server, _ = httpd
+    artifact = Artifact("nolength", f"http://127.0.0.1:{server.server_port}/nolength.bin", None)
+    with pytest.raises(ChecksumError, match="sent no Content-Length"):
+        fetch(artifact, tmp_path, progress=False)
+    assert not list(tmp_path.iterdir())
+    with_hash = Artifact("nolength", artifact.url, hashlib.sha256(GOOD).hexdigest())
+    with pytest.raises(ChecksumError, match="failed verification"):     # a known hash still catches the cut
+        download(with_hash, tmp_path / "x.bin", timeout=5, retries=0)

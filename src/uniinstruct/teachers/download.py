@@ -14,7 +14,8 @@ Guarantees of :func:`download`:
 - The ``.part`` survives network errors, so a later call resumes it; a size or hash mismatch deletes it and raises
   :class:`ChecksumError`. HTTP error statuses raise :class:`DownloadError` (5xx ones after the retries).
 - ``sha256=None`` means "not yet known": the file is downloaded (again, even if ``dest`` exists) and the computed hash
-  is returned in :class:`DownloadResult` for the caller to record.
+  is returned in :class:`DownloadResult` for the caller to record; such a download must come with a Content-Length
+  (or a known ``size``), since nothing else could tell a body cut short from a complete one.
 
 Two callers must not download onto the same ``dest`` at the same time: they would share the ``.part``.
 """
@@ -126,6 +127,10 @@ def _transfer(session: requests.Session, artifact: Artifact, part: Path, chunk_s
                 bar.update(len(chunk))
     if expected is not None and part.stat().st_size < expected:
         raise _Transient(f"{artifact.url}: body ended at byte {part.stat().st_size} of {expected}")
+    if expected is None and artifact.sha256 is None and artifact.size is None:
+        part.unlink()
+        raise ChecksumError(f"{artifact.name}: {artifact.url} sent no Content-Length, and no sha256 or size is known "
+                            f"for it: a body cut short cannot be told from a complete one, so nothing was kept")
     return resumed
 
 
