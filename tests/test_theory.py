@@ -17,7 +17,8 @@ from uniinstruct.toy import PAIRS, GaussianMixture
 
 
 ALL = divergences.names() + ["alpha:0.5", "alpha:2", "alpha:-1"]
-TOL = 1e-3    # the tolerance for Theorems 3.1 and 3.2
+TOL = 1e-3    # Theorem 3.2 and Lemma B.2: autograd through grid quadrature, measured 2.2e-4 at worst
+TOL_EXPANSION = 1e-4    # Theorem 3.1: measured 8.7e-6 at worst (48 Gauss–Legendre nodes in log σ), an 11× margin
 
 
 def gaussian(mean, cov):
@@ -112,7 +113,7 @@ def test_theorem_3_1_expansion(pair_name):
     pr = PAIRS[pair_name]
     res = expansion_check(pr.teacher, pr.student.mixture(), ALL, 0.002, 80.0, n_nodes=48, points_per_std=4.0)
     for name, r in res.items():
-        assert r["rel_error"] <= TOL, (name, r)
+        assert r["rel_error"] <= TOL_EXPANSION, (name, r)
         # the stated quadrature error bounds the disagreement of the two sides
         assert abs(r["lhs"] - r["rhs"]) <= r["lhs_error"] + r["rhs_error"], (name, r)
 
