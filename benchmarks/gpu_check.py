@@ -29,6 +29,7 @@ import sys
 import tempfile
 import time
 import traceback
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -59,8 +60,6 @@ def resume_with_dropout(device: str, tiny: bool) -> dict:
                         warmup_sim_images=0, device=device, ratio_n_dims=3072)
 
     def run(folder: Path, iterations: int) -> Distiller:
-        from dataclasses import replace
-
         d = Distiller(replace(cfg, iterations=iterations), teacher, copy.deepcopy(teacher).train().requires_grad_(True),
                       copy.deepcopy(teacher).train().requires_grad_(True), real, 0.5)     # dropout active
         d.train(folder, progress=False)

@@ -33,6 +33,11 @@ def run_cli(*args, cwd=ROOT, env=None) -> "subprocess.CompletedProcess[str]":
                           capture_output=True, text=True)
 
 
+def run_dvc(*args, cwd=ROOT) -> "subprocess.CompletedProcess[str]":
+    """``python -m dvc ARGS`` in ``cwd`` (this environment's DVC), output captured as text."""
+    return subprocess.run([sys.executable, "-m", "dvc", *map(str, args)], cwd=cwd, capture_output=True, text=True)
+
+
 @pytest.fixture
 def tiny_toy_params(tmp_path):
     """Write a params.yaml whose toy section is tiny (16-wide MLPs, short runs); returns (path, toy section).

@@ -11,16 +11,20 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import shlex
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
-from conftest import ROOT
+from conftest import ROOT, run_dvc
+from uniinstruct.training import checkpoint
 
 SRC = ROOT / "src"
 PACKAGE = "uniinstruct"
@@ -186,9 +190,10 @@ def test_closure_follows_imports_inside_functions_and_package_data():
     assert SRC / PACKAGE / "training" / "distill.py" not in stage_code("uniinstruct info")
 
 
-def _dvc(tmp: Path, *args: str) -> str:
-    return subprocess.run([sys.executable, "-m", "dvc", *args], cwd=tmp, capture_output=True, text=True,
-                          check=True).stdout
+def _dvc(cwd: Path, *args: str) -> str:
+    run = run_dvc(*args, cwd=cwd)
+    assert run.returncode == 0, run.stderr[-2000:]
+    return run.stdout
 
 
 @pytest.mark.slow
@@ -196,8 +201,6 @@ def _dvc(tmp: Path, *args: str) -> str:
 def test_bytecode_cache_leaves_stages_up_to_date(tmp_path, ignore):
     """Importing a dep package on a machine that writes ``__pycache__`` must not make its stage stale; the control
     without the project's .dvcignore shows that it would."""
-    import os
-
     (tmp_path / "pkg").mkdir()
     (tmp_path / "pkg" / "__init__.py").write_text("VALUE = 1\n")
     (tmp_path / "dvc.yaml").write_text("stages:\n  s:\n    cmd: python -c \"open('out.txt', 'w').write('ok')\"\n"
@@ -217,12 +220,6 @@ def test_bytecode_cache_leaves_stages_up_to_date(tmp_path, ignore):
 def test_a_killed_dvc_repro_resumes_its_runs(tmp_path, tiny_toy_params):
     """`dvc repro` killed with SIGKILL mid-run, then rerun, resumes the run from its checkpoint (runs/toy persists)
     and ends bit for bit like an uninterrupted run."""
-    import os
-    import signal
-    import time
-
-    from uniinstruct.training import checkpoint
-
     params = yaml.safe_load(tiny_toy_params(iterations=1500, batch=32, checkpoint_every=50, warmup_fake_images=640,
                                             warmup_sim_images=1280).read_text())
     toy = params["toy"]

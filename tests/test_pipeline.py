@@ -1,13 +1,10 @@
 """End to end: the theorem notebook through the CLI (papermill), and the DVC pipeline definition."""
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ROOT, run_cli
+from conftest import ROOT, run_cli, run_dvc
 
 pytestmark = pytest.mark.slow
 
@@ -40,8 +37,7 @@ def test_theorem_notebook_runs_and_reports(tmp_path):
 
 
 def test_dvc_pipeline_is_valid_and_calls_the_cli():
-    dag = subprocess.run([str(Path(sys.executable).parent / "dvc"), "dag", "--md"], cwd=ROOT,
-                         capture_output=True, text=True)
+    dag = run_dvc("dag", "--md")
     assert dag.returncode == 0, dag.stderr
     assert "theory" in dag.stdout
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
