@@ -95,6 +95,12 @@ def test_ctrl_c_is_one_line_and_exit_130(monkeypatch, capsys):
     assert code == 130 and err.count("\n") == 1 and "rerun the same command to resume" in err
 
 
+def test_zero_threads_is_refused_before_any_work(tmp_path, capsys):
+    code, err = run(["digits", "teacher", "--threads", "0", "--teacher-dir", tmp_path / "teacher"], capsys)
+    assert code == 2 and err.count("\n") == 1 and "--threads must be at least 1, got 0" in err, err
+    assert not (tmp_path / "teacher").exists()
+
+
 def test_cuda_on_a_machine_without_one(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(ValueError, match="sees no CUDA GPU; set device: cpu"):

@@ -6,6 +6,7 @@ from dataclasses import asdict
 import pandas as pd
 import pytest
 import torch
+import yaml
 
 from uniinstruct.config import ConfigError, from_dict
 from uniinstruct.pipelines.toy import ToyConfig, data_std
@@ -20,6 +21,10 @@ from conftest import run_cli
     ("teacher", "oracle", r"toy\.teacher: unknown teacher 'oracle'; valid: analytic, learned"),
     ("matrix", {"divergences": ["kl"]}, r"toy\.matrix\.divergences\[0\]: unknown divergence 'kl'"),
     ("matrix", {"methods": ["dmd3"]}, r"toy\.matrix\.methods\[0\]: unknown method 'dmd3'"),
+    ("wide", {"distill": {"lsg_gam": 3.0}}, r"toy\.wide\.distill\.lsg_gam: unknown key; valid keys: .*lsg_gan"),
+    ("wide", {"distill": {"iterations": 0}}, r"toy\.wide\.distill\.iterations: must be > 0"),
+    ("wide", {"divergences": ["kl"]}, r"toy\.wide\.divergences\[0\]: unknown divergence 'kl'"),
+    ("wide", {"hidden": 64, "depth": 3}, r"toy\.wide: the wide runs need another width than hidden × depth = 64 × 3"),
 ])
 def test_toy_config_errors(key, value, message):
     with pytest.raises(ConfigError, match=message):
@@ -51,6 +56,11 @@ def test_toy_tier_end_to_end(tmp_path, tiny_toy_params):
         assert out.returncode == 0, out.stderr[-3000:]
 
     cli("toy", "teacher", "--quiet", *teacher)
+    only_wide = yaml.safe_load(params.read_text())          # toy runs with a plan of the wide runs only
+    only_wide["toy"]["matrix"].update(divergences=[], no_gan_divergences=[], methods=[], released_divergences=[])
+    only_wide["toy"]["ceiling"]["seeds"] = []
+    (tmp_path / "wide.yaml").write_text(yaml.safe_dump(only_wide))
+    cli("toy", "runs", "--workers", "1", "--quiet", *where[2:], "--params", str(tmp_path / "wide.yaml"))
     for flags in (["--divergence", "fkl"], ["--divergence", "rkl", "--seed", "1"], ["--method", "sida"],
                   ["--divergence", "jkl", "--ratio", "released"], ["--divergence", "js", "--estimator", "official"]):
         cli("toy", "distill", "--quiet", *flags, *where)
@@ -60,20 +70,23 @@ def test_toy_tier_end_to_end(tmp_path, tiny_toy_params):
     rows = json.loads(metrics_path.read_text())["rows"]
     assert [r["run"] for r in rows] == ["teacher-analytic-heun", "teacher-learned-heun", "ceiling-i200-s0", "m-sida-s0",
                                         "ui-fkl-exact-s0", "ui-jkl-exact-released-s0", "ui-js-official-s0",
-                                        "ui-rkl-exact-s1"]
+                                        "ui-rkl-exact-s1", "wide-ceiling-i30-s3", "wide-ui-fkl-exact-s3"]
+    assert [r["network"] for r in rows] == ["exact"] + ["16×2"] * 7 + ["24×2"] * 2
     assert all(0 <= r["mode_covered"] <= 8 and r["teacher_nll"] > 0 and 0 <= r["off_mode"] <= 1 for r in rows)
     assert rows[2]["kind"] == "ceiling (200 regression steps)" and rows[2]["nfe"] == 1
     cli("notebook", "toy/ablation", "--params", str(params), "--out-dir",
         str(tmp_path / "results" / "toy"), "--executed-dir", str(tmp_path / "nb"),
         "--param", f"runs_dir={tmp_path / 'runs'}", "--param", f"teacher_dir={tmp_path / 'teacher'}")
     table = pd.read_csv(tmp_path / "results" / "toy" / "ablation.csv")
-    assert len(table) == 8 and table["source"].str.startswith("ours").all()
+    assert len(table) == 10 and table["source"].str.startswith("ours").all()
+    assert {"ceiling (30 regression steps), 24×2 MLPs", "fkl (exact), 24×2 MLPs"} <= set(table["run"])
     assert {"off-mode mass ↓", "mode-mass TV ↓", "modes ≥ half weight", "teacher NLL ↓", "modes covered", "MMD² ↓",
             "NFE"} <= set(table.columns)
-    for fig in ("scatter_divergences", "scatter_methods_estimators", "curves"):
+    for fig in ("scatter_divergences", "scatter_methods_estimators", "scatter_wide", "curves"):
         assert (tmp_path / "results" / "toy" / "figures" / f"{fig}.png").stat().st_size > 5_000
     summary = json.loads((tmp_path / "results" / "metrics" / "toy.json").read_text())
-    assert summary["runs"] == 5 and summary["observations"]
+    assert summary["runs"] == 5 and summary["wide_runs"] == 1 and summary["observations"]
+    assert any(line.startswith("- 24×2 MLPs, fkl student (1 held-out seeds)") for line in summary["observations"])
     assert (tmp_path / "results" / "toy" / "curves.csv").exists()
 
 
@@ -126,6 +139,8 @@ def _tiny_toy(tmp_path, teacher="analytic"):
     from uniinstruct.pipelines import toy
 
     cfg = replace(ToyConfig(), teacher=teacher, hidden=16, depth=2, n_samples=200, heun_steps=3)
+    cfg = replace(cfg, wide=replace(cfg.wide, hidden=24, depth=2, seeds=[3], ceiling_iterations=[12],
+                                    distill={"iterations": 6, "lsg_gan": 10.0}))
     cfg = replace(cfg, teacher_train=replace(cfg.teacher_train, iterations=20, batch=32))
     toy.teacher_stage(cfg, {}, tmp_path / "teacher", progress=False)
     return cfg
@@ -146,7 +161,8 @@ def test_runs_stage_in_two_processes_equals_one(tmp_path):
                   matrix=replace(cfg.matrix, divergences=["fkl"], seeds=[0, 1], no_gan_divergences=["jkl"],
                                  no_gan_seeds=[0], official_seeds=[], methods=["sida"], released_divergences=[]))
     names = [job.name for job in toy.plan(cfg)]
-    assert names == ["ui-fkl-exact-s0", "ui-fkl-exact-s1", "ui-jkl-exact-nogan-s0", "m-sida-s0", "ceiling-i12-s1"]
+    assert names == ["ui-fkl-exact-s0", "ui-fkl-exact-s1", "ui-jkl-exact-nogan-s0", "m-sida-s0", "ceiling-i12-s1",
+                     "wide-ui-fkl-exact-s3", "wide-ceiling-i12-s3"]
     pooled = toy.runs_stage(cfg, {}, tmp_path / "pooled", tmp_path / "teacher", workers=2, progress=False)
     alone = toy.runs_stage(cfg, {}, tmp_path / "alone", tmp_path / "teacher", workers=1, progress=False)
     assert pooled == alone == names
@@ -155,6 +171,30 @@ def test_runs_stage_in_two_processes_equals_one(tmp_path):
         assert torch.equal(a, b), name
     nogan = json.loads((tmp_path / "pooled" / "ui-jkl-exact-nogan-s0" / "run.json").read_text())
     assert nogan["config"]["use_gan"] is False and nogan["config"]["divergence"] == "jkl"
+    assert nogan["network"] == "16×2"
+    wide = json.loads((tmp_path / "pooled" / "wide-ui-fkl-exact-s3" / "run.json").read_text())
+    assert wide["network"] == "24×2" and wide["config"]["iterations"] == 6 and wide["config"]["lsg_gan"] == 10.0
+    assert wide["config"]["batch"] == cfg.distill.batch        # every other setting is toy.distill's
+    ceiling = json.loads((tmp_path / "pooled" / "wide-ceiling-i12-s3" / "run.json").read_text())
+    assert ceiling["network"] == "24×2" and ceiling["seed"] == 3
+
+
+def test_wide_runs_start_from_their_own_teacher(tmp_path):
+    """The teacher stage fits a second MLP teacher at the wide width, and the wide runs' fake score and generator
+    start from it (the tier-width runs from teacher.pt)."""
+    from uniinstruct.pipelines import toy
+
+    cfg = _tiny_toy(tmp_path)
+    wide = toy.widened(cfg)
+    assert (wide.hidden, wide.depth, wide.distill.iterations, wide.distill.lsg_gan) == (24, 2, 6, 10.0)
+    assert (toy.teacher_file(cfg), toy.teacher_file(wide)) == ("teacher.pt", "teacher-24x2.pt")
+    saved = torch.load(tmp_path / "teacher" / "teacher-24x2.pt", weights_only=True)
+    distiller = toy.build_distiller(wide, wide.distill, tmp_path / "teacher")
+    for net in (distiller.G, distiller.fake):
+        state = net.state_dict()
+        assert state.keys() == saved.keys() and all(torch.equal(state[k], saved[k]) for k in saved)
+    narrow = toy.build_distiller(cfg, cfg.distill, tmp_path / "teacher").G.state_dict()
+    assert {k: v.shape for k, v in narrow.items()} != {k: v.shape for k, v in saved.items()}
 
 
 def test_ceiling_regresses_onto_the_heun_map(tmp_path):

@@ -165,8 +165,13 @@ def _digits(args: argparse.Namespace):
 
 
 def cmd_digits_teacher(args: argparse.Namespace) -> int:
+    import torch
+
     from uniinstruct.pipelines import digits
 
+    if args.threads < 1:
+        raise ValueError(f"--threads must be at least 1, got {args.threads}")
+    torch.set_num_threads(args.threads)
     cfg, params = _digits(args)
     print(json.dumps(digits.teacher_stage(cfg, params, Path(args.teacher_dir), not args.quiet), indent=2))
     return 0
@@ -327,7 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
                     lambda p: (p.add_argument("--seed", type=int, default=0, help="seed (default 0)"),
                                p.add_argument("--iterations", type=int,
                                               help="regression steps (default: toy.ceiling.iterations[0])"))),
-        "runs": (cmd_toy_runs, "every run of toy.matrix and toy.ceiling, in parallel processes",
+        "runs": (cmd_toy_runs, "every run of toy.matrix, toy.ceiling and toy.wide, in parallel processes",
                  ["--teacher-dir", "--runs-dir"], _workers),
         "evaluate": (cmd_toy_evaluate, "metrics of the teacher and every run", ["--teacher-dir", "--runs-dir", "--out"],
                      None)}, toy_dirs)
@@ -339,7 +344,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "--out-dir": ("results/digits", "tables, metrics, curves, figures"),
                    "--metrics": ("results/metrics/digits.json", "the DVC metrics summary")}
     _tier(sub, "digits", "the image tier on CPU (params section: digits)", {
-        "teacher": (cmd_digits_teacher, "train the UNet teacher", ["--teacher-dir"], None),
+        "teacher": (cmd_digits_teacher, "train the UNet teacher", ["--teacher-dir"],
+                    lambda p: p.add_argument("--threads", type=int, default=1,
+                                             help="torch threads (default 1; the pipeline runs this stage alone and "
+                                                  "uses both cores of its 2-core machine)")),
         "classifier": (cmd_digits_classifier, "train the feature classifier of the FD metric", ["--classifier-dir"],
                        None),
         "distill": (cmd_digits_distill, "one distillation run (digits.distill, overridden by the flags; over several "

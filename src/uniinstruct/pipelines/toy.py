@@ -4,12 +4,14 @@ The teacher stage always fits an MLP denoiser to the mixture's samples: as in th
 and the generator start from its weights. The denoiser used in the losses is either the mixture's own
 exact Tweedie denoiser (``teacher: analytic``) or that MLP (``teacher: learned``, the realistic case).
 Students are one-step generators G(σ_init z; σ_init) distilled with the full Uni-Instruct loop; the one-step
-capacity ceiling is the same generator network regressed onto the teacher's ODE map.
+capacity ceiling is the same generator network regressed onto the teacher's ODE map. The ``wide`` runs repeat
+the recipe on wider networks, trained longer, on seeds that tuned nothing (:class:`WideConfig`).
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -20,7 +22,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from uniinstruct import divergences, losses, methods, parallel, provenance
-from uniinstruct.config import positive, valid_names
+from uniinstruct.config import ConfigError, from_dict, positive, valid_names
 from uniinstruct.networks import EDMPrecond, toy_denoiser
 from uniinstruct.sampling import heun_nfe, heun_sampler
 from uniinstruct.toy.metrics import mixture_moments, toy_report
@@ -83,6 +85,31 @@ class ToyMatrix:
 
 
 @dataclass
+class WideConfig:
+    """Wider MLPs trained longer: the best divergence of the ablation on seeds no probe used, with its ceiling."""
+
+    hidden: int = 128               # width of every MLP of these runs (their own MLP teacher, fake score, generator)
+    depth: int = 4                  # hidden layers
+    divergences: list[str] = field(default_factory=lambda: ["fkl"])
+    seeds: list[int] = field(default_factory=lambda: [2, 3, 4])        # held out: the recipe was chosen on seeds 0-1
+    ceiling_iterations: list[int] = field(default_factory=lambda: [8000])   # the ceiling at this width, same seeds
+    distill: dict = field(default_factory=dict)     # overrides of toy.distill (keys of DistillConfig)
+
+    def check(self):
+        problems = positive(hidden=self.hidden, depth=self.depth) + valid_names("divergences", self.divergences,
+                                                                                 divergences.get)
+        known = {f.name for f in dataclasses.fields(DistillConfig)}
+        unknown = sorted(set(self.distill) - known)
+        if unknown:
+            return problems + [(f"distill.{unknown[0]}", f"unknown key; valid keys: {', '.join(sorted(known))}")]
+        try:
+            from_dict(DistillConfig, {**asdict(DistillConfig()), **self.distill}, "distill")
+        except ConfigError as err:
+            problems.append(tuple(str(err).split(": ", 1)))
+        return problems
+
+
+@dataclass
 class ToyConfig:
     benchmark: str = "ring8"        # the teacher mixture (uniinstruct.toy.problems.BENCHMARKS)
     teacher: str = "analytic"       # denoiser in the losses: analytic (exact) | learned (the MLP teacher)
@@ -94,11 +121,14 @@ class ToyConfig:
     distill: DistillConfig = field(default_factory=DistillConfig)
     ceiling: CeilingConfig = field(default_factory=CeilingConfig)   # the ceiling stage (one-step regression)
     matrix: ToyMatrix = field(default_factory=ToyMatrix)   # the runs of the toy_runs stage
+    wide: WideConfig = field(default_factory=WideConfig)   # the same recipe on wider MLPs, longer (toy_runs too)
 
     def check(self):
         problems = positive(hidden=self.hidden, depth=self.depth, n_samples=self.n_samples,
                             heun_steps=self.heun_steps)
         problems += valid_names("benchmark", [self.benchmark], benchmark)
+        if (self.wide.hidden, self.wide.depth) == (self.hidden, self.depth):
+            problems.append(("wide", f"the wide runs need another width than hidden × depth = {self.hidden} × {self.depth}"))
         if self.teacher not in TEACHERS:
             problems.append(("teacher", f"unknown teacher {self.teacher!r}; valid: {', '.join(TEACHERS)}"))
         return problems
@@ -161,9 +191,25 @@ def fit_adam_cosine(net: nn.Module, batch_loss, iterations: int, lr: float, desc
     return history
 
 
+def teacher_file(cfg: ToyConfig) -> str:
+    """The MLP teacher of ``cfg``'s width: ``teacher.pt``, or ``teacher-<hidden>x<depth>.pt`` for the wide runs."""
+    wide = (cfg.hidden, cfg.depth) == (cfg.wide.hidden, cfg.wide.depth)
+    return f"teacher-{cfg.hidden}x{cfg.depth}.pt" if wide else "teacher.pt"
+
+
+def network(cfg: ToyConfig) -> str:
+    """The MLPs' size as the tables show it: ``<hidden>×<depth>``."""
+    return f"{cfg.hidden}×{cfg.depth}"
+
+
+def widened(cfg: ToyConfig) -> ToyConfig:
+    """``cfg`` as the wide runs use it: their width, and ``toy.distill`` with ``toy.wide.distill``'s overrides."""
+    return replace(cfg, hidden=cfg.wide.hidden, depth=cfg.wide.depth, distill=replace(cfg.distill, **cfg.wide.distill))
+
+
 def load_mlp_teacher(cfg: ToyConfig, teacher_dir: Path) -> EDMPrecond:
     net = toy_denoiser(2, cfg.hidden, cfg.depth, data_std(benchmark(cfg.benchmark)))
-    net.load_state_dict(checkpoint.load(teacher_dir / "teacher.pt"))
+    net.load_state_dict(checkpoint.load(teacher_dir / teacher_file(cfg)))
     return net.requires_grad_(False)
 
 
@@ -175,12 +221,17 @@ def loss_teacher(cfg: ToyConfig, teacher_dir: Path) -> nn.Module:
 
 
 def teacher_stage(cfg: ToyConfig, params: dict, out_dir: Path, progress: bool = True) -> dict:
-    """Fit the MLP teacher, then draw the Heun reference samples of both teachers (exact and MLP)."""
+    """Fit the MLP teachers (the tier's width and the wide runs'), then draw the Heun reference samples of the exact
+    teacher and of the tier-width MLP."""
     started = time.perf_counter()
     out_dir.mkdir(parents=True, exist_ok=True)
     net, history = train_teacher(cfg, progress)
     checkpoint.save_atomic(net.state_dict(), out_dir / "teacher.pt")
+    wide = widened(cfg)
+    wide_net, wide_history = train_teacher(wide, progress)      # the wide runs' starting point
+    checkpoint.save_atomic(wide_net.state_dict(), out_dir / teacher_file(wide))
     record = {"benchmark": cfg.benchmark, "final_loss": sum(history[-100:]) / min(100, len(history)),
+              "wide_final_loss": sum(wide_history[-100:]) / min(100, len(wide_history)),
               "heun_steps": cfg.heun_steps, "nfe": heun_nfe(cfg.heun_steps)}
     for kind, denoiser in (("analytic", MixtureDenoiser(benchmark(cfg.benchmark))), ("learned", net)):
         gen = torch.Generator().manual_seed(cfg.teacher_train.seed + 1)
@@ -224,7 +275,7 @@ def distill_stage(cfg: ToyConfig, dcfg: DistillConfig, params: dict, run_dir: Pa
     with torch.no_grad():
         samples = distiller.generate(torch.randn(cfg.n_samples, 2, generator=gen), distiller.G_ema)
     checkpoint.save_atomic(samples.double(), run_dir / "samples.pt", finite=False)
-    record = {"config": asdict(dcfg), **status, "resumed_from": distiller.resumed_from,
+    record = {"config": asdict(dcfg), "network": network(cfg), **status, "resumed_from": distiller.resumed_from,
               "schedule": schedule_summary(dcfg), "history": history}
     provenance.write_json(run_dir / "run.json", {**record, "provenance": provenance.record(params, started)})
     return record
@@ -270,7 +321,8 @@ def ceiling_stage(cfg: ToyConfig, params: dict, run_dir: Path, teacher_dir: Path
     with torch.no_grad():
         samples = net(cfg.distill.sigma_init * z, torch.full((len(z),), cfg.distill.sigma_init))
     checkpoint.save_atomic(samples.double(), run_dir / "samples.pt", finite=False)
-    record = {"kind": "ceiling", "config": asdict(cfg.ceiling), "seed": seed, "iterations": iterations, "status": "ok",
+    record = {"kind": "ceiling", "config": asdict(cfg.ceiling), "network": network(cfg), "seed": seed,
+              "iterations": iterations, "status": "ok",
               "final_loss": sum(history[-100:]) / min(100, len(history)),
               "history": [{"iteration": i + 1, "mse": v} for i, v in enumerate(history) if (i + 1) % 100 == 0]}
     provenance.write_json(run_dir / "run.json", {**record, "provenance": provenance.record(params, started)})
@@ -285,10 +337,11 @@ class Job:
     name: str                       # its folder under the runs directory
     overrides: dict                 # distill: keys of DistillConfig; ceiling: {"seed", "iterations"}
     ceiling: bool = False
+    wide: bool = False              # on the wide runs' networks and settings (:func:`widened`)
 
 
 def plan(cfg: ToyConfig) -> list[Job]:
-    """Every run of ``toy.matrix`` and ``toy.ceiling``, in a fixed order."""
+    """Every run of ``toy.matrix``, ``toy.ceiling`` and ``toy.wide``, in a fixed order."""
     m, jobs = cfg.matrix, []
 
     def distill(**overrides):
@@ -315,11 +368,21 @@ def plan(cfg: ToyConfig) -> list[Job]:
     for iterations in cfg.ceiling.iterations:
         for seed in cfg.ceiling.seeds:
             jobs.append(Job(ceiling_name(seed, iterations), {"seed": seed, "iterations": iterations}, ceiling=True))
+    wide = widened(cfg)
+    for d in cfg.wide.divergences:
+        for seed in cfg.wide.seeds:
+            jobs.append(Job(f"wide-{run_name(d, wide.distill.estimator, seed)}",
+                            {"divergence": d, "estimator": wide.distill.estimator, "seed": seed}, wide=True))
+    for iterations in cfg.wide.ceiling_iterations:
+        for seed in cfg.wide.seeds:
+            jobs.append(Job(f"wide-{ceiling_name(seed, iterations)}", {"seed": seed, "iterations": iterations},
+                            ceiling=True, wide=True))
     return jobs
 
 
 def run_job(cfg: ToyConfig, params: dict, job: Job, runs_dir: Path, teacher_dir: Path) -> str:
     """Run one job (resuming a distillation from its checkpoint); returns its name."""
+    cfg = widened(cfg) if job.wide else cfg
     if job.ceiling:
         ceiling_stage(cfg, {**params, "run": job.overrides}, runs_dir / job.name, teacher_dir, **job.overrides)
     else:
@@ -346,7 +409,7 @@ def evaluate_stage(cfg: ToyConfig, params: dict, runs_dir: Path, teacher_dir: Pa
     q = benchmark(cfg.benchmark)
     rows = []
     teacher_info = json.loads((teacher_dir / "teacher.json").read_text())
-    entries = [(f"teacher-{kind}-heun", teacher_dir / f"samples_{kind}.pt", _describe_teacher(teacher_info, kind))
+    entries = [(f"teacher-{kind}-heun", teacher_dir / f"samples_{kind}.pt", _describe_teacher(cfg, teacher_info, kind))
                for kind in TEACHERS]
     for folder in sorted(p for p in runs_dir.iterdir() if p.is_dir()):
         run_json = folder / "run.json"
@@ -360,18 +423,20 @@ def evaluate_stage(cfg: ToyConfig, params: dict, runs_dir: Path, teacher_dir: Pa
     return rows
 
 
-def _describe_teacher(info: dict, kind: str) -> dict:
-    return {"kind": f"teacher ({kind})", "divergence": "", "estimator": "", "method": "", "ratio": "", "seed": -1,
+def _describe_teacher(cfg: ToyConfig, info: dict, kind: str) -> dict:
+    return {"kind": f"teacher ({kind})", "network": network(cfg) if kind == "learned" else "exact", "divergence": "",
+            "estimator": "", "method": "", "ratio": "", "seed": -1,
             "nfe": info["nfe"], "status": "ok", "wall_time_s": info["provenance"]["wall_time_s"], "gan": False}
 
 
 def _describe_run(info: dict) -> dict:
     if info.get("kind") == "ceiling":
-        return {"kind": f"ceiling ({info['iterations']} regression steps)", "divergence": "", "estimator": "", "method": "",
-                "ratio": "", "seed": info["seed"], "nfe": 1, "status": info["status"], "gan": False,
-                "wall_time_s": info["provenance"]["wall_time_s"]}
+        return {"kind": f"ceiling ({info['iterations']} regression steps)", "network": info["network"], "divergence": "",
+                "estimator": "", "method": "", "ratio": "", "seed": info["seed"], "nfe": 1, "status": info["status"],
+                "gan": False, "wall_time_s": info["provenance"]["wall_time_s"]}
     c = info["config"]
-    return {"kind": "method" if c["method"] else "uni-instruct", "divergence": "" if c["method"] else c["divergence"],
+    return {"kind": "method" if c["method"] else "uni-instruct", "network": info["network"],
+            "divergence": "" if c["method"] else c["divergence"],
             "estimator": "" if c["method"] else c["estimator"], "method": c["method"], "ratio": c["ratio"],
             "seed": c["seed"], "nfe": 1, "wall_time_s": info["provenance"]["wall_time_s"], "gan": c["use_gan"],
             "status": info["status"] if info["status"] == "ok" else f"diverged at iteration {info['diverged_at']}"}
