@@ -67,6 +67,21 @@ def mean_of(rows, key):
     return float(np.mean([r[key] for r in rows]))
 
 
+def tier_rows(toy):
+    """The toy ablation's rows: every row but the wide runs' (which have their own width)."""
+    wide = toy["provenance"]["params"].get("wide")
+    return [r for r in toy["rows"] if not wide or r.get("network") != f"{wide['hidden']}×{wide['depth']}"]
+
+
+def with_wide_runs(toy, network="128×4"):
+    """``toy`` plus three wide FKL runs (copies of its FKL rows with the off-mode mass halved)."""
+    fkl = [r for r in tier_rows(toy) if r["divergence"] == "fkl" and r["estimator"] == "exact" and r["gan"]
+           and r["kind"] == "uni-instruct"]
+    wide = [{**r, "run": "wide-" + r["run"], "network": network, "off_mode": r["off_mode"] / 2} for r in fkl]
+    params = {**toy["provenance"]["params"], "wide": {"hidden": 128, "depth": 4}}
+    return {"rows": tier_rows(toy) + wide, "provenance": {**toy["provenance"], "params": params}}
+
+
 def test_divergence_ablation_puts_our_runs_on_the_rows_of_their_setting(tmp_path):
     results = write_runs(tmp_path, paper_run("cifar10-uncond", "rkl", [1.7, 1.8, 1.9], use_gan=False))
     table = reports.divergence_ablation(results, TOY, DIGITS)
@@ -79,7 +94,7 @@ def test_divergence_ablation_puts_our_runs_on_the_rows_of_their_setting(tmp_path
         assert row["digits FID (ours)"] == f"{mean_of(runs, 'fid'):.1f}"
         assert row["digits classifier FD (ours)"] == f"{mean_of(runs, 'classifier_fd'):.2f}"
     for div in ("chi2", "js", "jkl", "rkl", "fkl"):       # toy: mean over the exact-estimator seeds, GAN on ...
-        runs = [r for r in TOY["rows"] if r["divergence"] == div and r["estimator"] == "exact"
+        runs = [r for r in tier_rows(TOY) if r["divergence"] == div and r["estimator"] == "exact"
                 and r["ratio"] == "logit" and r["kind"] == "uni-instruct" and r["gan"]]
         assert len(runs) == 3
         row = by[(reports.label(div), "no", "yes")]
@@ -87,7 +102,7 @@ def test_divergence_ablation_puts_our_runs_on_the_rows_of_their_setting(tmp_path
         assert row["toy off-mode mass ↓ (ours)"] == f"{mean_of(runs, 'off_mode'):.3f}"
         assert row["toy mode-mass TV ↓ (ours)"] == f"{mean_of(runs, 'mode_tv'):.3f}"
     for div in ("rkl", "fkl"):                            # ... and off, on the paper's no-GAN rows
-        runs = [r for r in TOY["rows"] if r["divergence"] == div and r["kind"] == "uni-instruct" and not r["gan"]]
+        runs = [r for r in tier_rows(TOY) if r["divergence"] == div and r["kind"] == "uni-instruct" and not r["gan"]]
         assert len(runs) == 3
         assert by[(reports.label(div), "no", "no")]["toy off-mode mass ↓ (ours)"] == f"{mean_of(runs, 'off_mode'):.3f}"
         assert by[(reports.label(div), "no", "no")]["digits FID (ours)"] == reports.NOT_RUN
@@ -128,8 +143,25 @@ def test_status_table_has_every_paper_number_and_our_cpu_runs(tmp_path):
     assert list(ran.method) == ["Uni-Instruct (FKL, F.S.)"] and list(ran.ours) == ["1.90"]
     assert list(ran.dataset) == ["ImageNet 64×64 (conditional)"]
     cpu = table[table.paper == reports.NOT_IN_PAPER]
-    assert len(cpu) == sum(r["kind"] == "uni-instruct" for r in DIGITS["rows"]) + 8     # digits runs + toy divergences
+    wide = cpu.method.str.contains("held-out seeds").sum()
+    assert len(cpu) == sum(r["kind"] == "uni-instruct" for r in DIGITS["rows"]) + 8 + wide   # digits, toy, wide toy
     assert (cpu.hardware.str.startswith("CPU: ")).all()
+
+
+def test_wide_toy_runs_get_their_own_row_and_leave_the_ablation_alone(tmp_path):
+    toy = with_wide_runs(TOY)
+    fkl = [r for r in toy["rows"] if r["divergence"] == "fkl" and r["estimator"] == "exact" and r["gan"]
+           and r["kind"] == "uni-instruct" and r["ratio"] == "logit"]
+    wide, tier = [r for r in fkl if r.get("network") == "128×4"], [r for r in fkl if r.get("network") != "128×4"]
+    assert len(wide) == len(tier) == 3
+    status = reports.status_table(tmp_path, toy, DIGITS).set_index("method")
+    assert status.loc["Uni-Instruct (FKL, 3 seeds)", "ours"] == (f"{mean_of(tier, 'off_mode'):.3f} / "
+                                                               f"{mean_of(tier, 'mode_tv'):.3f}")
+    assert status.loc["Uni-Instruct (FKL, 128×4 MLPs, 3 held-out seeds)", "ours"] == (
+        f"{mean_of(wide, 'off_mode'):.3f} / {mean_of(wide, 'mode_tv'):.3f}")
+    ablation = reports.divergence_ablation(tmp_path, toy, DIGITS)
+    row = ablation[(ablation.divergence == "FKL") & (ablation["GAN"] == "yes") & (ablation["SiD init"] == "no")].iloc[0]
+    assert row["toy off-mode mass ↓ (ours)"] == f"{mean_of(tier, 'off_mode'):.3f}"
 
 
 def test_readme_status_section_is_the_generated_table():

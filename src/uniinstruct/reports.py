@@ -94,23 +94,31 @@ def result_table(profile: str, results_dir: str | Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _toy_runs(toy: dict, divergence: str | None, gan: bool = True) -> list[dict]:
+def _toy_network(toy: dict, wide: bool = False) -> str:
+    """The MLP size of the toy ablation's runs (``<hidden>×<depth>``), or of its wide runs."""
+    params = toy["provenance"]["params"]
+    params = params.get("wide", {}) if wide else params
+    return f"{params.get('hidden')}×{params.get('depth')}"
+
+
+def _toy_runs(toy: dict, divergence: str | None, gan: bool = True, wide: bool = False) -> list[dict]:
+    network, tier = _toy_network(toy, wide), _toy_network(toy)       # rows without a network are at the tier's
     return [r for r in toy["rows"] if r["kind"] == "uni-instruct" and r["divergence"] == divergence
             and r["estimator"] == "exact" and r["ratio"] == "logit" and r["status"] == "ok"
-            and r.get("gan", True) == gan]
+            and r.get("gan", True) == gan and r.get("network", tier) == network]
 
 
 TOY_MEANS = ("off_mode", "mode_tv", "teacher_nll", "mode_min_ratio")   # headline first, then secondary
 
 
-def _toy_means(toy: dict, gan: bool = True) -> dict[str, dict]:
-    """Per divergence with a finished exact-estimator run (GAN on or off): seeds and the means of
-    :data:`TOY_MEANS`, in the order of :data:`DIVERGENCE_LABELS` (others after, by name)."""
+def _toy_means(toy: dict, gan: bool = True, wide: bool = False) -> dict[str, dict]:
+    """Per divergence with a finished exact-estimator run (GAN on or off) at the ablation's width (or the wide runs'):
+    seeds and the means of :data:`TOY_MEANS`, in the order of :data:`DIVERGENCE_LABELS` (others after, by name)."""
     order = list(DIVERGENCE_LABELS)
     out = {}
     ran = {r["divergence"] for r in toy["rows"]}
     for d in sorted(ran, key=lambda d: (order.index(d) if d in order else len(order), d)):
-        rows = _toy_runs(toy, d, gan)
+        rows = _toy_runs(toy, d, gan, wide)
         if rows:
             out[d] = {"seeds": len(rows), **{k: sum(r[k] for r in rows) / len(rows) for k in TOY_MEANS}}
     return out
@@ -235,11 +243,13 @@ def status_table(results_dir: str | Path, toy: dict, digits: dict) -> pd.DataFra
                          "hardware": hw, "status": f"{r['status']} (CPU tier)"})
     hw = describe_hardware(toy["provenance"]["hardware"])
     benchmark = toy["provenance"]["params"]["benchmark"]
-    for d, m in _toy_means(toy).items():
-        rows.append({"method": _model_name(d, f"{m['seeds']} seeds"), "dataset": benchmark,
-                     "metric": "off-mode mass ↓ / mode-mass TV ↓", "paper": NOT_IN_PAPER,
-                     "ours": f"{m['off_mode']:.3f} / {m['mode_tv']:.3f}",
-                     "hardware": hw, "status": "ok (CPU tier)"})
+    for wide in (False, True):
+        for d, m in _toy_means(toy, wide=wide).items():
+            setting = f"{_toy_network(toy, True)} MLPs, {m['seeds']} held-out seeds" if wide else f"{m['seeds']} seeds"
+            rows.append({"method": _model_name(d, setting), "dataset": benchmark,
+                         "metric": "off-mode mass ↓ / mode-mass TV ↓", "paper": NOT_IN_PAPER,
+                         "ours": f"{m['off_mode']:.3f} / {m['mode_tv']:.3f}",
+                         "hardware": hw, "status": "ok (CPU tier)"})
     return pd.DataFrame(rows)
 
 
