@@ -159,6 +159,9 @@ def test_wide_toy_runs_get_their_own_row_and_leave_the_ablation_alone(tmp_path):
                                                                f"{mean_of(tier, 'mode_tv'):.3f}")
     assert status.loc["Uni-Instruct (FKL, 128×4 MLPs, 3 held-out seeds)", "ours"] == (
         f"{mean_of(wide, 'off_mode'):.3f} / {mean_of(wide, 'mode_tv'):.3f}")
+    best = reports.teacher_vs_student(tmp_path, toy, DIGITS).set_index("tier").loc["toy (CPU)"]
+    assert best["best student"] == "Uni-Instruct (FKL, 128×4 MLPs)"          # halved off-mode mass: the best
+    assert best["student value"] == f"{mean_of(wide, 'off_mode'):.3f}"
     ablation = reports.divergence_ablation(tmp_path, toy, DIGITS)
     row = ablation[(ablation.divergence == "FKL") & (ablation["GAN"] == "yes") & (ablation["SiD init"] == "no")].iloc[0]
     assert row["toy off-mode mass ↓ (ours)"] == f"{mean_of(tier, 'off_mode'):.3f}"

@@ -209,14 +209,15 @@ def teacher_vs_student(results_dir: str | Path, toy: dict, digits: dict) -> pd.D
                      "student NFE": "1", "student value": format(best[key], fmt) if best else NOT_RUN})
     kind = toy["provenance"]["params"]["teacher"]      # the teacher the students were distilled from
     teacher = next(r for r in toy["rows"] if r["kind"] == f"teacher ({kind})")
-    means = {d: m["off_mode"] for d, m in _toy_means(toy).items()}
-    best = min(means, key=means.get) if means else None
+    means = {(d, wide): m["off_mode"] for wide in (False, True) for d, m in _toy_means(toy, wide=wide).items()}
+    best = min(means, key=means.get) if means else None       # the ablation's students and the wide ones
     rows.append({"tier": "toy (CPU)", "dataset": f"2-D mixture ({toy['provenance']['params']['benchmark']})",
                  "metric": "off-mode mass ↓", "source": "ours",
                  "teacher": "exact score, Heun" if kind == "analytic" else "learned MLP score, Heun",
                  "teacher NFE": str(teacher["nfe"]), "teacher value": f"{teacher['off_mode']:.3f}",
-                 "best student": _model_name(best, "") if best else "Uni-Instruct", "student NFE": "1",
-                 "student value": f"{means[best]:.3f}" if best else NOT_RUN})
+                 "best student": (_model_name(best[0], f"{_toy_network(toy, best[1])} MLPs") if best
+                                  else "Uni-Instruct"),
+                 "student NFE": "1", "student value": f"{means[best]:.3f}" if best else NOT_RUN})
     return pd.DataFrame(rows)
 
 

@@ -208,25 +208,28 @@ def distill_stage(cfg: DigitsConfig, dcfg: DistillConfig, params: dict, run_dir:
     return train_and_record(build_distiller(cfg, dcfg, data, teacher_dir), run_dir, params, started, progress)
 
 
-def run_job(cfg: DigitsConfig, params: dict, overrides: dict, runs_dir: Path, teacher_dir: Path) -> str:
+def plan(cfg: DigitsConfig) -> list[tuple[str, dict]]:
+    """Every run of ``digits.matrix``: (its folder name, its overrides of ``digits.distill``), in a fixed order."""
+    m, d = cfg.matrix, cfg.distill
+    return [(run_name(div, est, seed, d.method, d.ratio, d.use_gan), {"divergence": div, "estimator": est, "seed": seed})
+            for div in m.divergences for est in m.estimators for seed in m.seeds]
+
+
+def run_job(cfg: DigitsConfig, params: dict, name: str, overrides: dict, runs_dir: Path, teacher_dir: Path) -> str:
     """One distillation of the matrix (resuming from its checkpoint); returns its name."""
-    dcfg = replace(cfg.distill, **overrides)
-    name = run_name(dcfg.divergence, dcfg.estimator, dcfg.seed, dcfg.method, dcfg.ratio, dcfg.use_gan)
-    distill_stage(cfg, dcfg, {**params, "run": overrides}, runs_dir / name, teacher_dir, progress=False)
+    distill_stage(cfg, replace(cfg.distill, **overrides), {**params, "run": overrides}, runs_dir / name, teacher_dir,
+                  progress=False)
     return name
 
 
 def runs_stage(cfg: DigitsConfig, params: dict, runs_dir: Path, teacher_dir: Path, workers: int = 2,
                progress: bool = True) -> list[str]:
-    """Every run of ``digits.matrix``, ``workers`` processes at a time (:func:`parallel.starmap`), each resuming from
-    its checkpoint; folders of runs that the matrix no longer has are deleted."""
-    m = cfg.matrix
-    overrides = [{"divergence": d, "estimator": e, "seed": seed} for d in m.divergences for e in m.estimators
-                 for seed in m.seeds]
-    prune_runs(runs_dir, [run_name(**o, ratio=cfg.distill.ratio, method=cfg.distill.method, use_gan=cfg.distill.use_gan)
-                          for o in overrides])
-    return parallel.starmap(run_job, [(cfg, params, o, runs_dir, teacher_dir) for o in overrides], workers, progress,
-                            "digits runs")
+    """Every run of :func:`plan`, ``workers`` processes at a time (:func:`parallel.starmap`), each resuming from its
+    checkpoint; folders of runs that the matrix no longer has are deleted."""
+    jobs = plan(cfg)
+    prune_runs(runs_dir, [name for name, _ in jobs])
+    return parallel.starmap(run_job, [(cfg, params, name, o, runs_dir, teacher_dir) for name, o in jobs], workers,
+                            progress, "digits runs")
 
 
 # ---------------------------------------------------------------------------- sample stage

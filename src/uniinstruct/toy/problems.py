@@ -133,7 +133,7 @@ def _ring(n_modes: int, radius: float, std: float, weights: list[float]) -> Gaus
     return GaussianMixture(weights, means, std**2 * torch.eye(2, dtype=torch.float64).repeat(n_modes, 1, 1))
 
 
-# Teachers of the distillation benchmark (issue 4): imbalanced, so that mode-seeking and mode-covering differ.
+# Teachers of the distillation benchmark: imbalanced, so that mode-seeking and mode-covering differ.
 BENCHMARKS = {
     "ring8": lambda: _ring(8, 3.0, 0.25, [0.30, 0.20, 0.15, 0.10, 0.09, 0.07, 0.05, 0.04]),
     "imbalanced3": lambda: PAIRS["imbalanced"].teacher,

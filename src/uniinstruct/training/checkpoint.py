@@ -26,8 +26,9 @@ class CorruptFileError(ValueError):
 def save_atomic(state: Any, path: str | Path, finite: bool = True) -> Path:
     """torch.save ``state`` to ``path`` atomically; with ``finite``, refuses states with non-finite floating tensors."""
     path = Path(path)
-    bad = [key for key, value in _tensors(state) if value.is_floating_point() and not torch.all(torch.isfinite(value))]
-    if finite and bad:
+    bad = [key for key, value in _tensors(state) if value.is_floating_point() and not torch.all(torch.isfinite(value))] \
+        if finite else []
+    if bad:
         raise FloatingPointError(f"refusing to checkpoint non-finite tensors: {', '.join(bad[:5])}")
     path.parent.mkdir(parents=True, exist_ok=True)
     for orphan in path.parent.glob(f".{path.name}.*.tmp"):        # left by a save that was killed

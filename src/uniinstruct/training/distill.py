@@ -356,8 +356,12 @@ class Distiller:
                 "opt_g": self.opt_g.state_dict(), "rng": self.rng.get_state(), "history": self.history,
                 "source": provenance.source_digest()}
 
+    def _changed_settings(self, state: dict) -> set[str]:
+        """The settings a checkpoint was written with that differ from this run's, beyond those a resume may change."""
+        return {k for k, v in state["config"].items() if asdict(self.cfg).get(k) != v} - RESUMABLE_CHANGES
+
     def load_state_dict(self, state: dict) -> None:
-        changed = {k for k, v in state["config"].items() if asdict(self.cfg).get(k) != v} - RESUMABLE_CHANGES
+        changed = self._changed_settings(state)
         if changed:
             raise ValueError(f"the checkpoint was written with other settings ({', '.join(sorted(changed))}); "
                              "restore them, or delete the checkpoint to start afresh")
@@ -374,7 +378,7 @@ class Distiller:
         those a resume may change."""
         if state.get("source") != provenance.source_digest():
             return "it was written by other code"
-        changed = {k for k, v in state["config"].items() if asdict(self.cfg).get(k) != v} - RESUMABLE_CHANGES
+        changed = self._changed_settings(state)
         return f"it was written with other settings ({', '.join(sorted(changed))})" if changed else ""
 
     def train(self, run_dir: str | Path, progress: bool = True) -> list[dict]:
