@@ -1,11 +1,13 @@
-"""Benchmark: milliseconds per Uni-Instruct iteration of the toy tier, per MLP size and batch (one torch thread).
+"""Benchmark: milliseconds per Uni-Instruct iteration of the toy tier, per MLP size, batch and number of runs trained
+together (one torch thread).
 
-    python benchmarks/toy_step.py [--iterations 200] [--sizes 64x3 128x4] [--batches 256 128 64]
+    python benchmarks/toy_step.py [--iterations 200] [--sizes 64x3 128x4] [--batches 256] [--members 1 2 4 8]
 
 Trains the MLP teacher of each size briefly (its weights do not matter for timing), then times ``Distiller.step`` in
-the divergence phase (fake-score, discriminator and generator updates) after 20 warm-up steps. The time at a smaller
-batch says how much of an iteration is per-operation overhead rather than arithmetic: the share that training several
-runs as one batched computation could amortise. Run it on an otherwise idle machine.
+the divergence phase (fake-score, discriminator and generator updates) after 20 warm-up steps, for ``members`` runs
+(different divergences and seeds) trained together as one stacked computation. Prints ms per iteration and per run
+and iteration: members = 1 is a run trained alone; the gain at more members is the per-operation overhead they share.
+Run it on an otherwise idle machine.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ def main() -> None:
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--iterations", type=int, default=200)
     parser.add_argument("--sizes", nargs="+", default=["64x3", "128x4"], help="MLP hidden×depth")
-    parser.add_argument("--batches", type=int, nargs="+", default=[256, 128, 64])
+    parser.add_argument("--batches", type=int, nargs="+", default=[256])
+    parser.add_argument("--members", type=int, nargs="+", default=[1, 2, 4, 8])
     args = parser.parse_args()
 
     import torch
@@ -35,7 +38,8 @@ def main() -> None:
 
     torch.set_num_threads(1)
     base = load_section(toy.ToyConfig, "toy", args.params)
-    print(f"{'MLP':>6s} {'batch':>6s} {'ms/iteration':>13s}")
+    divergences = ["rkl", "fkl", "jeffreys", "jkl", "js", "chi2", "neyman", "hellinger"]
+    print(f"{'MLP':>6s} {'batch':>6s} {'members':>8s} {'ms/iteration':>13s} {'ms/run/iteration':>17s}")
     with tempfile.TemporaryDirectory() as tmp:
         for size in args.sizes:
             hidden, depth = (int(v) for v in size.lower().split("x"))
@@ -47,16 +51,18 @@ def main() -> None:
             folder.mkdir()
             torch.save(net.state_dict(), folder / "teacher.pt")
             for batch in args.batches:
-                dcfg = replace(cfg.distill, batch=batch, iterations=args.iterations + 20, warmup_fake_images=0,
-                               warmup_sim_images=0)
-                distiller = toy.build_distiller(cfg, dcfg, folder)
-                for _ in range(20):
-                    distiller.step()
-                started = time.perf_counter()
-                for _ in range(args.iterations):
-                    distiller.step()
-                ms = (time.perf_counter() - started) / args.iterations * 1000
-                print(f"{size:>6s} {batch:6d} {ms:13.2f}", flush=True)
+                for members in args.members:
+                    dcfgs = [replace(cfg.distill, batch=batch, iterations=args.iterations + 20, warmup_fake_images=0,
+                                     warmup_sim_images=0, divergence=divergences[r % 8], seed=r)
+                             for r in range(members)]
+                    distiller = toy.build_distiller(cfg, dcfgs, folder)
+                    for _ in range(20):
+                        distiller.step()
+                    started = time.perf_counter()
+                    for _ in range(args.iterations):
+                        distiller.step()
+                    ms = (time.perf_counter() - started) / args.iterations * 1000
+                    print(f"{size:>6s} {batch:6d} {members:8d} {ms:13.2f} {ms / members:17.2f}", flush=True)
 
 
 if __name__ == "__main__":

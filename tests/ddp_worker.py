@@ -30,7 +30,7 @@ def main(out: str) -> None:
     data = load("digits")
     d = Distiller(cfg, teacher, copy.deepcopy(teacher).requires_grad_(True), copy.deepcopy(teacher).requires_grad_(True),
                   real_sampler(data), 0.5, label_dim=10)
-    logs = [d.step() for _ in range(cfg.iterations)]
+    logs = [d.step()[0] for _ in range(cfg.iterations)]
     if ddp.is_main():
         grads = lambda net: {n: p.grad.clone() for n, p in net.named_parameters() if p.grad is not None}  # noqa: E731
         torch.save({"grad_G": grads(d.G), "grad_fake": grads(d.fake),

@@ -56,7 +56,7 @@ def test_every_divergence_steps_a_unet(name, estimator, data):
     """One fake-score + generator step in the divergence phase: finite losses, every generator weight moves."""
     d = distiller(replace(TINY, divergence=name, estimator=estimator, warmup_fake_images=0, warmup_sim_images=0), data)
     before = flat(d.G)
-    logs = d.step()
+    logs = d.step()[0]
     assert logs["phase"] == "divergence"
     assert all(torch.isfinite(torch.tensor(v)) for k, v in logs.items() if isinstance(v, float))
     grads = [p.grad for n, p in d.G.named_parameters() if not n.startswith("backbone.disc")]
@@ -67,7 +67,7 @@ def test_every_divergence_steps_a_unet(name, estimator, data):
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_class_conditional_and_bf16(precision, data):
     d = distiller(replace(TINY, warmup_fake_images=0, warmup_sim_images=0, precision=precision), data, label_dim=10)
-    logs = d.step()
+    logs = d.step()[0]
     assert all(torch.isfinite(torch.tensor(v)) for k, v in logs.items() if isinstance(v, float))
     x = d.generate(torch.randn(10, 1, 8, 8), labels=torch.eye(10))
     assert x.dtype == torch.float32 and x.shape == (10, 1, 8, 8)
@@ -283,7 +283,7 @@ def test_gradient_accumulation_matches_one_pass(data):
     base = replace(TINY, warmup_fake_images=0, warmup_sim_images=0, divergence="jkl")
     one, two = distiller(base, data, label_dim=10), distiller(replace(base, batch_gpu=4), data, label_dim=10)
     assert (one.rounds, two.rounds) == (1, 2)
-    logs_one, logs_two = one.step(), two.step()
+    logs_one, logs_two = one.step()[0], two.step()[0]
     for a, b in [(one.fake, two.fake), (one.G, two.G)]:
         ga = torch.cat([p.grad.reshape(-1) for p in a.parameters() if p.grad is not None]).double()
         gb = torch.cat([p.grad.reshape(-1) for p in b.parameters() if p.grad is not None]).double()

@@ -31,6 +31,26 @@ def distiller(cfg: DistillConfig, teacher=None) -> Distiller:
     return Distiller(cfg, teacher or MixtureDenoiser(q), fake, gen, real_sampler(q), sd)
 
 
+def together(cfgs: list[DistillConfig]) -> Distiller:
+    """The runs ``cfgs`` trained together: stacked networks that start, member by member, where :func:`distiller`'s
+    do."""
+    q = benchmark("imbalanced3")
+    sd = data_std(q)
+    torch.manual_seed(0)
+    init = toy_denoiser(2, 16, 2, sd).state_dict()
+    fake, gen = toy_denoiser(2, 16, 2, sd, len(cfgs)), toy_denoiser(2, 16, 2, sd, len(cfgs))
+    stacked = checkpoint.stack_members([init] * len(cfgs), {"backbone.noise.freqs"})
+    fake.load_state_dict(stacked), gen.load_state_dict(stacked)
+    return Distiller(cfgs, MixtureDenoiser(q), fake, gen, real_sampler(q), sd)
+
+
+# runs that may train together: they differ in divergence, estimator, ratio, seed (batches of 64 rows: at 16 or 32,
+# MKL's batched matrix products are not bit-identical to one member's, at 64 and 256 they are)
+MEMBERS = [replace(TINY, batch=64, divergence="js", seed=3), replace(TINY, batch=64, divergence="fkl", seed=1),
+           replace(TINY, batch=64, divergence="hellinger", estimator="official", seed=1),
+           replace(TINY, batch=64, divergence="jkl", ratio="released", seed=0)]
+
+
 def flat(module) -> torch.Tensor:
     return torch.cat([p.detach().reshape(-1) for p in module.parameters()])
 
@@ -59,7 +79,7 @@ def test_generator_sigma_schedule():
 def test_warm_up_phases_and_schedule():
     d = distiller(TINY)
     g0 = flat(d.G)
-    phases = [d.step()["phase"] for _ in range(6)]
+    phases = [d.step()[0]["phase"] for _ in range(6)]
     assert phases == ["fake_only"] * 2 + ["sim"] * 2 + ["divergence"] * 2
     assert schedule_summary(TINY) == {"fake_only": 2, "sim": 2, "divergence": 20}
     d2 = distiller(TINY)
@@ -87,6 +107,80 @@ def test_resume_in_process_equals_uninterrupted(tmp_path):
     for name in ("G", "G_ema", "fake"):
         assert torch.equal(flat(getattr(full, name)), flat(getattr(resumed, name))), name
     assert full.history == resumed.history and full.rng.get_state().equal(resumed.rng.get_state())
+
+
+def test_runs_trained_together_end_where_they_would_alone(tmp_path):
+    """Four runs as one stacked computation: each member's networks, EMA, optimiser state, random stream and history
+    are bit-identical to the same run trained alone, and its checkpoint has the format of a run trained alone."""
+    batch = together(MEMBERS)
+    histories = batch.train([tmp_path / f"m{r}" for r in range(len(MEMBERS))], progress=False)
+    for r, cfg in enumerate(MEMBERS):
+        alone = distiller(cfg)
+        alone.train(tmp_path / f"alone{r}", progress=False)
+        mine, theirs = checkpoint.load(tmp_path / f"m{r}" / "checkpoint.pt"), checkpoint.load(
+            tmp_path / f"alone{r}" / "checkpoint.pt")
+        assert mine.keys() == theirs.keys() and mine["config"] == asdict(cfg)
+        for key in ("generator", "generator_ema", "fake"):
+            assert all(torch.equal(mine[key][k], theirs[key][k]) for k in theirs[key]), (r, key)
+        for key in ("opt_fake", "opt_g"):
+            for i, state in theirs[key]["state"].items():
+                assert all(torch.equal(mine[key]["state"][i][k], v) for k, v in state.items()), (r, key)
+        assert mine["rng"].equal(theirs["rng"]) and histories[r] == alone.history == mine["history"]
+    assert histories[0] != histories[1]
+
+
+def test_runs_trained_together_resume_exactly(tmp_path):
+    """Killed between checkpoints, the members resume from their own checkpoints and end like an uninterrupted
+    batch; a member's checkpoint also resumes the run alone, and runs trained alone resume together."""
+    dirs = lambda name: [tmp_path / name / f"m{r}" for r in range(len(MEMBERS))]   # noqa: E731
+    whole = together(MEMBERS)
+    whole.train(dirs("whole"), progress=False)
+    together([replace(m, iterations=13) for m in MEMBERS]).train(dirs("part"), progress=False)
+    resumed = together(MEMBERS)
+    resumed.train(dirs("part"), progress=False)
+    assert resumed.resumed_from == 13 and torch.equal(flat(whole.G_ema), flat(resumed.G_ema))
+    assert torch.equal(flat(whole.fake), flat(resumed.fake)) and whole.histories == resumed.histories
+    alone = distiller(replace(MEMBERS[2], iterations=30))
+    alone.train(dirs("part")[2], progress=False)                         # from 24, where the batch ended
+    uninterrupted = distiller(replace(MEMBERS[2], iterations=30))
+    uninterrupted.train(tmp_path / "uninterrupted", progress=False)
+    assert alone.resumed_from == 24 and torch.equal(flat(alone.G_ema), flat(uninterrupted.G_ema))
+    for r, cfg in enumerate(MEMBERS[:2]):                                # runs trained alone to 13 ...
+        distiller(replace(cfg, iterations=13)).train(tmp_path / "solo" / f"m{r}", progress=False)
+    joined = together(MEMBERS[:2])                                       # ... then together to 24
+    joined.train([tmp_path / "solo" / "m0", tmp_path / "solo" / "m1"], progress=False)
+    assert joined.resumed_from == 13 and joined.histories == whole.histories[:2]
+    for mine, theirs in zip(joined.state_dicts(), whole.state_dicts()[:2]):
+        assert all(torch.equal(mine["generator_ema"][k], v) for k, v in theirs["generator_ema"].items())
+
+
+def test_runs_trained_together_need_the_same_settings(tmp_path, capsys):
+    with pytest.raises(ValueError, match="these differ: glr, lr"):
+        together([MEMBERS[0], replace(MEMBERS[1], lr=1e-4, glr=1e-4)])
+    with pytest.raises(ValueError, match="all prior methods or all Uni-Instruct"):
+        together([MEMBERS[0], replace(MEMBERS[1], method="sid")])
+    with pytest.raises(ValueError, match="whole batches"):
+        together([replace(m, batch_gpu=32) for m in MEMBERS[:2]])
+    with pytest.raises(ValueError, match="2 runs train together but 1 run folders"):
+        together(MEMBERS[:2]).train(tmp_path / "one", progress=False)
+    distiller(replace(MEMBERS[0], iterations=8)).train(tmp_path / "a", progress=False)
+    fresh = together(MEMBERS[:2])
+    fresh.train([tmp_path / "a", tmp_path / "b"], progress=False)       # one member has no checkpoint
+    assert fresh.resumed_from == 0 and "another run trained with it has none" in capsys.readouterr().err
+    assert fresh.histories == together(MEMBERS[:2]).train([tmp_path / "c", tmp_path / "d"], progress=False)
+
+
+def test_a_non_finite_member_is_named(tmp_path, monkeypatch):
+    original = Distiller._member_generator_loss
+
+    def exploding(self, member, method, phase, path):
+        loss, terms = original(self, member, method, phase, path)
+        return (loss * float("nan") if member.divergence == "fkl" else loss), terms
+
+    monkeypatch.setattr(Distiller, "_member_generator_loss", exploding)
+    with pytest.raises(FloatingPointError, match="non-finite generator loss of ui-fkl-exact-s1 at iteration 1") as err:
+        together(MEMBERS).train([tmp_path / f"m{r}" for r in range(len(MEMBERS))], progress=False)
+    assert err.value.member == 1
 
 
 @pytest.mark.parametrize("stale", ["settings", "code"])

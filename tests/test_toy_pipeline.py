@@ -86,7 +86,8 @@ def test_toy_tier_end_to_end(tmp_path, tiny_toy_params):
         assert (tmp_path / "results" / "toy" / "figures" / f"{fig}.png").stat().st_size > 5_000
     summary = json.loads((tmp_path / "results" / "metrics" / "toy.json").read_text())
     assert summary["runs"] == 5 and summary["wide_runs"] == 1 and summary["observations"]
-    assert any(line.startswith("- 24×2 MLPs, fkl student (1 held-out seeds)") for line in summary["observations"])
+    assert any(line.startswith("- 24×2 MLPs, longer, held-out seeds, best student (fkl, 1 seeds)")
+               for line in summary["observations"])
     assert (tmp_path / "results" / "toy" / "curves.csv").exists()
 
 
@@ -108,12 +109,44 @@ def test_diverged_run_is_recorded_not_crashed(tmp_path, monkeypatch):
         return original(self, phase)
 
     monkeypatch.setattr(Distiller, "generator_step", exploding)
-    record = toy.distill_stage(cfg, dcfg, {}, tmp_path / "run", tmp_path / "teacher", progress=False)
+    [record] = toy.distill_stage(cfg, [dcfg], [{}], [tmp_path / "run"], tmp_path / "teacher", progress=False)
     assert record["status"] == "diverged" and record["diverged_at"] == 17 and record["sampled_at"] == 10
     samples = torch.load(tmp_path / "run" / "samples.pt", weights_only=True)
     assert samples.shape == (200, 2) and torch.all(torch.isfinite(samples))
     info = json.loads((tmp_path / "run" / "run.json").read_text())
     assert toy._describe_run(info)["status"] == "diverged at iteration 17"
+
+
+def test_a_run_diverging_among_others_is_recorded_and_the_others_go_on(tmp_path, monkeypatch):
+    """Of three runs trained together, the one whose loss turns non-finite is recorded as diverged (sampled at its last
+    checkpoint); the other two go on together from theirs and end exactly as they would alone."""
+    from dataclasses import replace
+
+    from uniinstruct.pipelines import toy
+    from uniinstruct.training.distill import Distiller
+
+    cfg = replace(ToyConfig(), hidden=16, depth=2, n_samples=200, heun_steps=3)
+    cfg = replace(cfg, teacher_train=replace(cfg.teacher_train, iterations=20, batch=32))
+    toy.teacher_stage(cfg, {}, tmp_path / "teacher", progress=False)
+    dcfg = replace(cfg.distill, iterations=30, batch=64, checkpoint_every=10, warmup_fake_images=0, warmup_sim_images=0)
+    members = [replace(dcfg, divergence=d, seed=seed) for d, seed in (("fkl", 0), ("js", 1), ("rkl", 2))]
+    original = Distiller._member_generator_loss
+
+    def exploding(self, member, method, phase, path):
+        loss, terms = original(self, member, method, phase, path)
+        return (loss * float("nan") if member.divergence == "js" and self.iteration == 17 else loss), terms
+
+    monkeypatch.setattr(Distiller, "_member_generator_loss", exploding)
+    dirs = [tmp_path / "runs" / name for name in ("fkl", "js", "rkl")]
+    records = toy.distill_stage(cfg, members, [{}] * 3, dirs, tmp_path / "teacher", progress=False)
+    assert [r["status"] for r in records] == ["ok", "diverged", "ok"]
+    assert records[1]["diverged_at"] == 17 and records[1]["sampled_at"] == 10
+    assert records[1]["error"].startswith("non-finite generator loss at iteration 17")   # found again, alone
+    assert records[0]["trained_with"] == records[2]["trained_with"] == ["fkl", "rkl"]
+    for r in (0, 2):
+        toy.distill_stage(cfg, [members[r]], [{}], [tmp_path / "alone" / str(r)], tmp_path / "teacher", progress=False)
+        a, b = (torch.load(d / "samples.pt", weights_only=True) for d in (dirs[r], tmp_path / "alone" / str(r)))
+        assert torch.equal(a, b)
 
 
 def test_learned_teacher_is_used_in_the_losses(tmp_path):
@@ -128,7 +161,7 @@ def test_learned_teacher_is_used_in_the_losses(tmp_path):
     assert isinstance(toy.loss_teacher(cfg, tmp_path / "teacher"), EDMPrecond)
     assert isinstance(toy.loss_teacher(replace(cfg, teacher="analytic"), tmp_path / "teacher"), toy.MixtureDenoiser)
     dcfg = replace(cfg.distill, iterations=6, batch=16, warmup_fake_images=16, warmup_sim_images=32)
-    record = toy.distill_stage(cfg, dcfg, {}, tmp_path / "run", tmp_path / "teacher", progress=False)
+    [record] = toy.distill_stage(cfg, [dcfg], [{}], [tmp_path / "run"], tmp_path / "teacher", progress=False)
     assert record["status"] == "ok"
     assert torch.all(torch.isfinite(torch.load(tmp_path / "run" / "samples.pt", weights_only=True)))
 
@@ -139,7 +172,8 @@ def _tiny_toy(tmp_path, teacher="analytic"):
     from uniinstruct.pipelines import toy
 
     cfg = replace(ToyConfig(), teacher=teacher, hidden=16, depth=2, n_samples=200, heun_steps=3)
-    cfg = replace(cfg, wide=replace(cfg.wide, hidden=24, depth=2, seeds=[3], ceiling_iterations=[12],
+    cfg = replace(cfg, wide=replace(cfg.wide, hidden=24, depth=2, divergences=["fkl"], no_gan_divergences=["fkl"],
+                                    seeds=[3], ceiling_iterations=[12],
                                     distill={"iterations": 6, "lsg_gan": 10.0}))
     cfg = replace(cfg, teacher_train=replace(cfg.teacher_train, iterations=20, batch=32))
     toy.teacher_stage(cfg, {}, tmp_path / "teacher", progress=False)
@@ -148,30 +182,35 @@ def _tiny_toy(tmp_path, teacher="analytic"):
 
 @pytest.mark.slow
 def test_runs_stage_in_two_processes_equals_one(tmp_path):
-    """The pooled runs (spawned workers, one thread each) write bit-identical samples to the same runs made one by
-    one in this process: every run seeds its own streams."""
+    """The pooled runs (spawned workers, one thread each, runs of the same settings trained together) write
+    bit-identical samples to the same runs made one by one in this process: every run seeds its own streams."""
     from dataclasses import replace
 
     from uniinstruct.pipelines import toy
 
     cfg = _tiny_toy(tmp_path)
-    cfg = replace(cfg, distill=replace(cfg.distill, iterations=8, batch=16, warmup_fake_images=32,
-                                       warmup_sim_images=64, checkpoint_every=4),
+    cfg = replace(cfg, distill=replace(cfg.distill, iterations=8, batch=64, warmup_fake_images=128,
+                                       warmup_sim_images=256, checkpoint_every=4),
                   ceiling=replace(cfg.ceiling, iterations=[12], seeds=[1], pairs=256, batch=32),
                   matrix=replace(cfg.matrix, divergences=["fkl"], seeds=[0, 1], no_gan_divergences=["jkl"],
                                  no_gan_seeds=[0], official_seeds=[], methods=["sida"], released_divergences=[]))
     names = [job.name for job in toy.plan(cfg)]
     assert names == ["ui-fkl-exact-s0", "ui-fkl-exact-s1", "ui-jkl-exact-nogan-s0", "m-sida-s0", "ceiling-i12-s1",
-                     "wide-ui-fkl-exact-s3", "wide-ceiling-i12-s3"]
-    pooled = toy.runs_stage(cfg, {}, tmp_path / "pooled", tmp_path / "teacher", workers=2, progress=False)
-    alone = toy.runs_stage(cfg, {}, tmp_path / "alone", tmp_path / "teacher", workers=1, progress=False)
+                     "wide-ui-fkl-exact-s3", "wide-ui-fkl-exact-nogan-s3", "wide-ceiling-i12-s3"]
+    items = [[job.name for job in item] for item in toy.batches(cfg, toy.plan(cfg), members=8)]
+    assert sorted(items, key=len)[-1] == ["ui-fkl-exact-s0", "ui-fkl-exact-s1"]   # same settings but the seed
+    assert sorted(map(len, items)) == [1] * 6 + [2]       # no-GAN, methods, wide, ceilings: each its own item
+    pooled = toy.runs_stage(cfg, {}, tmp_path / "pooled", tmp_path / "teacher", workers=2, members=8, progress=False)
+    alone = toy.runs_stage(cfg, {}, tmp_path / "alone", tmp_path / "teacher", workers=1, members=1, progress=False)
     assert pooled == alone == names
     for name in names:
         a, b = (torch.load(tmp_path / d / name / "samples.pt", weights_only=True) for d in ("pooled", "alone"))
         assert torch.equal(a, b), name
     nogan = json.loads((tmp_path / "pooled" / "ui-jkl-exact-nogan-s0" / "run.json").read_text())
     assert nogan["config"]["use_gan"] is False and nogan["config"]["divergence"] == "jkl"
-    assert nogan["network"] == "16×2"
+    assert nogan["network"] == "16×2" and nogan["trained_with"] == ["ui-jkl-exact-nogan-s0"]
+    together = json.loads((tmp_path / "pooled" / "ui-fkl-exact-s1" / "run.json").read_text())
+    assert together["trained_with"] == ["ui-fkl-exact-s0", "ui-fkl-exact-s1"]
     wide = json.loads((tmp_path / "pooled" / "wide-ui-fkl-exact-s3" / "run.json").read_text())
     assert wide["network"] == "24×2" and wide["config"]["iterations"] == 6 and wide["config"]["lsg_gan"] == 10.0
     assert wide["config"]["batch"] == cfg.distill.batch        # every other setting is toy.distill's

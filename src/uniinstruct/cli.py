@@ -124,8 +124,8 @@ def cmd_toy_distill(args: argparse.Namespace) -> int:
     toy, cfg, params = _toy(args)
     dcfg, overrides = _distill_config(args, cfg.distill, "toy")
     name = run_name(dcfg.divergence, dcfg.estimator, dcfg.seed, dcfg.method, dcfg.ratio, dcfg.use_gan)
-    toy.distill_stage(cfg, dcfg, {**params, "run": overrides}, Path(args.runs_dir) / name, Path(args.teacher_dir),
-                      progress=not args.quiet)
+    toy.distill_stage(cfg, [dcfg], [{**params, "run": overrides}], [Path(args.runs_dir) / name],
+                      Path(args.teacher_dir), progress=not args.quiet)
     print(f"distilled {name} -> {Path(args.runs_dir) / name}")
     return 0
 
@@ -133,7 +133,7 @@ def cmd_toy_distill(args: argparse.Namespace) -> int:
 def cmd_toy_runs(args: argparse.Namespace) -> int:
     toy, cfg, params = _toy(args)
     names = toy.runs_stage(cfg, params, Path(args.runs_dir), Path(args.teacher_dir), workers=args.workers,
-                           progress=not args.quiet)
+                           members=args.members, progress=not args.quiet)
     print(f"trained {len(names)} toy runs -> {args.runs_dir}")
     return 0
 
@@ -333,7 +333,11 @@ def build_parser() -> argparse.ArgumentParser:
                                p.add_argument("--iterations", type=int,
                                               help="regression steps (default: toy.ceiling.iterations[0])"))),
         "runs": (cmd_toy_runs, "every run of toy.matrix, toy.ceiling and toy.wide, in parallel processes",
-                 ["--teacher-dir", "--runs-dir"], _workers),
+                 ["--teacher-dir", "--runs-dir"],
+                 lambda p: (_workers(p), p.add_argument(
+                     "--members", type=int, default=8,
+                     help="distillations trained together as one stacked computation (default 8; a run's result "
+                          "does not depend on it)"))),
         "evaluate": (cmd_toy_evaluate, "metrics of the teacher and every run", ["--teacher-dir", "--runs-dir", "--out"],
                      None)}, toy_dirs)
 

@@ -5,9 +5,11 @@ from uniinstruct.networks.mlp import ToyBackbone
 from uniinstruct.networks.unet import UNet, parameter_count
 
 
-def toy_denoiser(dim: int = 2, hidden: int = 128, depth: int = 3, sigma_data: float = 0.5) -> EDMPrecond:
-    """The toy tier's denoiser (teacher, fake score and generator share this architecture)."""
-    return EDMPrecond(ToyBackbone(dim, hidden, depth), sigma_data)
+def toy_denoiser(dim: int = 2, hidden: int = 128, depth: int = 3, sigma_data: float = 0.5,
+                 members: int = 1) -> EDMPrecond:
+    """The toy tier's denoiser (teacher, fake score and generator share this architecture); ``members`` stacked
+    copies for runs that train together."""
+    return EDMPrecond(ToyBackbone(dim, hidden, depth, members=members), sigma_data)
 
 
 __all__ = ["EDMPrecond", "ToyBackbone", "UNet", "parameter_count", "toy_denoiser"]

@@ -1,5 +1,11 @@
 """Small MLPs for the 2-D toy tier: a backbone with a shared encoder, a denoising head and a
-discriminator head, mirroring the paper's fake score whose encoder also serves the discriminator."""
+discriminator head, mirroring the paper's fake score whose encoder also serves the discriminator.
+
+The backbone holds ``members`` independent MLPs as stacked weights (``[members, in, out]``, applied with one batched
+matmul per layer) so that several toy runs train as one computation. Its inputs are member-major: rows
+``[r·n, (r+1)·n)`` of a batch of ``members·n`` rows go through member ``r``. Every parameter is stacked along its
+first dimension; buffers are shared (:func:`uniinstruct.training.checkpoint.split_members`).
+"""
 
 from __future__ import annotations
 
@@ -25,22 +31,42 @@ class FourierNoise(nn.Module):
         return torch.cat([c_noise[:, None], torch.sin(angle), torch.cos(angle)], dim=-1)
 
 
-class ToyBackbone(nn.Module):
-    """F(x_in, c_noise): encoder MLP on [x_in, noise features] → (denoising head, discriminator head)."""
+class StackedLinear(nn.Module):
+    """``members`` linear maps y_r = x_r W_r + b_r, one batched matmul; initialised like ``nn.Linear``."""
 
-    def __init__(self, dim: int = 2, hidden: int = 128, depth: int = 3, discriminator: bool = True):
+    def __init__(self, members: int, n_in: int, n_out: int):
         super().__init__()
+        bound = 1 / math.sqrt(n_in)
+        self.weight = nn.Parameter(torch.empty(members, n_in, n_out).uniform_(-bound, bound))   # [R, in, out]
+        self.bias = nn.Parameter(torch.empty(members, 1, n_out).uniform_(-bound, bound))        # [R, 1, out]
+
+    def forward(self, x: Tensor) -> Tensor:        # x: [R, n, in] -> [R, n, out]
+        if self.weight.shape[2] == 1:              # a product and a sum: exact whatever R (a batched matrix-vector
+            return (x * self.weight.transpose(1, 2)).sum(-1, keepdim=True) + self.bias   # product is not, at R = 1)
+        return torch.baddbmm(self.bias, x, self.weight)
+
+
+class ToyBackbone(nn.Module):
+    """F(x_in, c_noise): encoder MLP on [x_in, noise features] → (denoising head, discriminator head), ``members``
+    independent copies."""
+
+    def __init__(self, dim: int = 2, hidden: int = 128, depth: int = 3, discriminator: bool = True, members: int = 1):
+        super().__init__()
+        self.members = members                                       # independent MLPs (stacked weights)
         self.noise = FourierNoise()
-        layers, width = [], dim + self.noise.dim
-        for _ in range(depth):
-            layers += [nn.Linear(width, hidden), nn.SiLU()]
-            width = hidden
-        self.encoder = nn.Sequential(*layers)                       # shared by both heads
-        self.decoder = nn.Linear(hidden, dim)                       # denoising head
-        self.disc = nn.Linear(hidden, 1) if discriminator else None  # logit head on the encoder
+        widths = [dim + self.noise.dim] + [hidden] * depth
+        self.encoder = nn.ModuleList(StackedLinear(members, a, b) for a, b in zip(widths, widths[1:]))  # SiLU between
+        self.decoder = StackedLinear(members, hidden, dim)                        # denoising head
+        self.disc = StackedLinear(members, hidden, 1) if discriminator else None  # logit head on the encoder
 
     def forward(self, x_in: Tensor, c_noise: Tensor, class_labels: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
         if class_labels is not None:
             raise ValueError("the toy backbone is unconditional but got class_labels")
-        h = self.encoder(torch.cat([x_in, self.noise(c_noise)], dim=-1))
-        return self.decoder(h), (self.disc(h)[:, 0] if self.disc is not None else None)
+        if len(x_in) % self.members:
+            raise ValueError(f"a batch of {len(x_in)} rows does not split over {self.members} stacked members")
+        h = torch.cat([x_in, self.noise(c_noise)], dim=-1).reshape(self.members, len(x_in) // self.members, -1)
+        for layer in self.encoder:
+            h = nn.functional.silu(layer(h))
+        out = self.decoder(h).reshape(len(x_in), -1)
+        return out, (self.disc(h).reshape(-1) if self.disc is not None else None)
+

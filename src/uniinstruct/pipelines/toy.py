@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import math
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -29,7 +30,7 @@ from uniinstruct.toy.metrics import mixture_moments, toy_report
 from uniinstruct.toy.mixture import GaussianMixture
 from uniinstruct.toy.problems import benchmark
 from uniinstruct.training import checkpoint
-from uniinstruct.training.distill import DistillConfig, Distiller, prune_runs, run_name, schedule_summary
+from uniinstruct.training.distill import MEMBER_KEYS, DistillConfig, Distiller, prune_runs, run_name, schedule_summary
 
 TEACHERS = ("analytic", "learned")
 
@@ -86,18 +87,20 @@ class ToyMatrix:
 
 @dataclass
 class WideConfig:
-    """Wider MLPs trained longer: the best divergence of the ablation on seeds no probe used, with its ceiling."""
+    """Wider MLPs trained longer, on seeds no probe used: divergences with and without the GAN term, and the ceiling."""
 
     hidden: int = 128               # width of every MLP of these runs (their own MLP teacher, fake score, generator)
     depth: int = 4                  # hidden layers
-    divergences: list[str] = field(default_factory=lambda: ["fkl"])
+    divergences: list[str] = field(default_factory=lambda: ["rkl", "fkl", "jkl"])
+    no_gan_divergences: list[str] = field(default_factory=lambda: ["rkl", "fkl", "jkl"])   # the same without the GAN
     seeds: list[int] = field(default_factory=lambda: [2, 3, 4])        # held out: the recipe was chosen on seeds 0-1
     ceiling_iterations: list[int] = field(default_factory=lambda: [8000])   # the ceiling at this width, same seeds
     distill: dict = field(default_factory=dict)     # overrides of toy.distill (keys of DistillConfig)
 
     def check(self):
-        problems = positive(hidden=self.hidden, depth=self.depth) + valid_names("divergences", self.divergences,
-                                                                                 divergences.get)
+        problems = (positive(hidden=self.hidden, depth=self.depth)
+                    + valid_names("divergences", self.divergences, divergences.get)
+                    + valid_names("no_gan_divergences", self.no_gan_divergences, divergences.get))
         known = {f.name for f in dataclasses.fields(DistillConfig)}
         unknown = sorted(set(self.distill) - known)
         if unknown:
@@ -129,6 +132,11 @@ class ToyConfig:
         problems += valid_names("benchmark", [self.benchmark], benchmark)
         if (self.wide.hidden, self.wide.depth) == (self.hidden, self.depth):
             problems.append(("wide", f"the wide runs need another width than hidden × depth = {self.hidden} × {self.depth}"))
+        if not self.wide.check():           # its keys are known: do they suit this toy.distill?
+            try:
+                from_dict(DistillConfig, {**asdict(self.distill), **self.wide.distill}, "wide.distill")
+            except ConfigError as err:
+                problems.append(tuple(str(err).split(": ", 1)))
         if self.teacher not in TEACHERS:
             problems.append(("teacher", f"unknown teacher {self.teacher!r}; valid: {', '.join(TEACHERS)}"))
         return problems
@@ -244,41 +252,62 @@ def teacher_stage(cfg: ToyConfig, params: dict, out_dir: Path, progress: bool = 
 
 
 # ---------------------------------------------------------------------------- distill stage
-def build_distiller(cfg: ToyConfig, dcfg: DistillConfig, teacher_dir: Path) -> Distiller:
-    """Fake score and generator start from the MLP teacher's weights; the losses use ``loss_teacher``."""
-    mixture = benchmark(cfg.benchmark)
-    init = load_mlp_teacher(cfg, teacher_dir)
-    fake, gen = copy.deepcopy(init).requires_grad_(True), copy.deepcopy(init).requires_grad_(True)
-    return Distiller(dcfg, loss_teacher(cfg, teacher_dir), fake, gen, real_sampler(mixture), data_std(mixture))
+def build_distiller(cfg: ToyConfig, dcfgs: DistillConfig | list[DistillConfig], teacher_dir: Path) -> Distiller:
+    """One run, or several trained together (stacked networks): fake score and generator start from the MLP
+    teacher's weights; the losses use ``loss_teacher``."""
+    mixture, dcfgs = benchmark(cfg.benchmark), dcfgs if isinstance(dcfgs, list) else [dcfgs]
+    init = load_mlp_teacher(cfg, teacher_dir).state_dict()
+    stacked = checkpoint.stack_members([init] * len(dcfgs), {"backbone.noise.freqs"})
+    fake, gen = (toy_denoiser(2, cfg.hidden, cfg.depth, data_std(mixture), len(dcfgs)) for _ in range(2))
+    fake.load_state_dict(stacked), gen.load_state_dict(stacked)
+    return Distiller(dcfgs, loss_teacher(cfg, teacher_dir), fake, gen, real_sampler(mixture), data_std(mixture))
 
 
-def distill_stage(cfg: ToyConfig, dcfg: DistillConfig, params: dict, run_dir: Path, teacher_dir: Path,
-                  progress: bool = True) -> dict:
-    """Train (resuming from the run's checkpoint), then write one-step samples of the EMA generator.
+def distill_stage(cfg: ToyConfig, dcfgs: list[DistillConfig], params: list[dict], run_dirs: list[Path],
+                  teacher_dir: Path, progress: bool = True) -> list[dict]:
+    """Train runs together (stacked networks; each resuming from its checkpoint), then write one-step samples of each
+    run's EMA generator; one record per run.
 
     A run that diverges (non-finite loss or gradients) is a result, not a crash: it is recorded as
-    ``status: diverged`` and sampled from its last checkpoint (or its initial state when it has none)."""
+    ``status: diverged`` and sampled from its last checkpoint (or its initial state when it has none). When one of
+    several runs trained together diverges, it is recorded so and the others continue together from their last
+    checkpoints (each alone when the diverged run is not known)."""
     started = time.perf_counter()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    distiller = build_distiller(cfg, dcfg, teacher_dir)
+    for run_dir in run_dirs:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    distiller = build_distiller(cfg, dcfgs, teacher_dir)
     status = {"status": "ok"}
     try:
-        history = distiller.train(run_dir, progress)
+        distiller.train(run_dirs, progress)
     except FloatingPointError as err:
+        if len(dcfgs) > 1:
+            bad = getattr(err, "member", None)
+            groups = [[bad], [r for r in range(len(dcfgs)) if r != bad]] if bad is not None else \
+                [[r] for r in range(len(dcfgs))]
+            records = {}
+            for group in groups:
+                pick = lambda seq: [seq[r] for r in group]     # noqa: E731
+                records.update(zip(group, distill_stage(cfg, pick(dcfgs), pick(params), pick(run_dirs), teacher_dir,
+                                                        progress)))
+            return [records[r] for r in range(len(dcfgs))]
         status = {"status": "diverged", "diverged_at": distiller.iteration, "error": str(err)}
-        distiller = build_distiller(cfg, dcfg, teacher_dir)
-        if (run_dir / "checkpoint.pt").exists():
-            distiller.load_state_dict(checkpoint.load(run_dir / "checkpoint.pt"))
+        distiller = build_distiller(cfg, dcfgs, teacher_dir)
+        if (run_dirs[0] / "checkpoint.pt").exists():
+            distiller.load_state_dict(checkpoint.load(run_dirs[0] / "checkpoint.pt"))
         status["sampled_at"] = distiller.iteration
-        history = distiller.history
-    gen = torch.Generator().manual_seed(10_000 + dcfg.seed)
+    z = torch.cat([torch.randn(cfg.n_samples, 2, generator=torch.Generator().manual_seed(10_000 + d.seed))
+                   for d in dcfgs])
     with torch.no_grad():
-        samples = distiller.generate(torch.randn(cfg.n_samples, 2, generator=gen), distiller.G_ema)
-    checkpoint.save_atomic(samples.double(), run_dir / "samples.pt", finite=False)
-    record = {"config": asdict(dcfg), "network": network(cfg), **status, "resumed_from": distiller.resumed_from,
-              "schedule": schedule_summary(dcfg), "history": history}
-    provenance.write_json(run_dir / "run.json", {**record, "provenance": provenance.record(params, started)})
-    return record
+        samples = distiller.generate(z, distiller.G_ema).chunk(len(dcfgs))
+    names = [run_dir.name for run_dir in run_dirs]
+    records = []
+    for dcfg, run_params, run_dir, history, x in zip(dcfgs, params, run_dirs, distiller.histories, samples):
+        checkpoint.save_atomic(x.double(), run_dir / "samples.pt", finite=False)
+        record = {"config": asdict(dcfg), "network": network(cfg), **status, "resumed_from": distiller.resumed_from,
+                  "trained_with": names, "schedule": schedule_summary(dcfg), "history": history}
+        provenance.write_json(run_dir / "run.json", {**record, "provenance": provenance.record(run_params, started)})
+        records.append(record)
+    return records
 
 
 # ---------------------------------------------------------------------------- ceiling stage
@@ -369,10 +398,11 @@ def plan(cfg: ToyConfig) -> list[Job]:
         for seed in cfg.ceiling.seeds:
             jobs.append(Job(ceiling_name(seed, iterations), {"seed": seed, "iterations": iterations}, ceiling=True))
     wide = widened(cfg)
-    for d in cfg.wide.divergences:
-        for seed in cfg.wide.seeds:
-            jobs.append(Job(f"wide-{run_name(d, wide.distill.estimator, seed)}",
-                            {"divergence": d, "estimator": wide.distill.estimator, "seed": seed}, wide=True))
+    for use_gan, divs in ((True, cfg.wide.divergences), (False, cfg.wide.no_gan_divergences)):
+        for d in divs:
+            for seed in cfg.wide.seeds:
+                jobs.append(Job(f"wide-{run_name(d, 'exact', seed, use_gan=use_gan)}",
+                                {"divergence": d, "estimator": "exact", "seed": seed, "use_gan": use_gan}, wide=True))
     for iterations in cfg.wide.ceiling_iterations:
         for seed in cfg.wide.seeds:
             jobs.append(Job(f"wide-{ceiling_name(seed, iterations)}", {"seed": seed, "iterations": iterations},
@@ -380,26 +410,59 @@ def plan(cfg: ToyConfig) -> list[Job]:
     return jobs
 
 
-def run_job(cfg: ToyConfig, params: dict, job: Job, runs_dir: Path, teacher_dir: Path) -> str:
-    """Run one job (resuming a distillation from its checkpoint); returns its name."""
+def job_config(cfg: ToyConfig, job: Job) -> tuple[ToyConfig, DistillConfig | None]:
+    """The tier settings a job runs with, and its distillation settings (None for a ceiling fit)."""
     cfg = widened(cfg) if job.wide else cfg
-    if job.ceiling:
-        ceiling_stage(cfg, {**params, "run": job.overrides}, runs_dir / job.name, teacher_dir, **job.overrides)
+    return cfg, None if job.ceiling else replace(cfg.distill, **job.overrides)
+
+
+def batches(cfg: ToyConfig, jobs: list[Job], members: int) -> list[list[Job]]:
+    """The jobs as work items: distillations that may train together (the same settings but ``MEMBER_KEYS``) in as
+    few batches of at most ``members`` runs as possible, of nearly equal sizes; each ceiling fit alone. Largest first
+    (the order in which two workers finish soonest)."""
+    if members < 1:
+        raise ValueError(f"members must be ≥ 1, got {members}")
+    groups: dict[tuple, list[Job]] = {}
+    for job in jobs:
+        _, dcfg = job_config(cfg, job)
+        key = (job.name,) if dcfg is None else \
+            (job.wide, bool(dcfg.method), *(v for k, v in asdict(dcfg).items() if k not in MEMBER_KEYS))
+        groups.setdefault(tuple(map(str, key)), []).append(job)
+    items = []
+    for group in groups.values():
+        count = math.ceil(len(group) / members)
+        items += [group[i::count] for i in range(count)]
+
+    def cost(item: list[Job]) -> float:        # ≈ run-iterations, a ceiling step ≈ ⅓ of a distillation iteration
+        job = item[0]
+        return job.overrides["iterations"] / 3 if job.ceiling else len(item) * job_config(cfg, job)[1].iterations
+    return sorted(items, key=cost, reverse=True)
+
+
+def run_batch(cfg: ToyConfig, params: dict, jobs: list[Job], runs_dir: Path, teacher_dir: Path) -> list[str]:
+    """Run one work item of :func:`batches` (distillations resume from their checkpoints); returns the job names."""
+    job_cfg, dcfg = job_config(cfg, jobs[0])
+    if dcfg is None:
+        ceiling_stage(job_cfg, {**params, "run": jobs[0].overrides}, runs_dir / jobs[0].name, teacher_dir,
+                      **jobs[0].overrides)
     else:
-        dcfg = replace(cfg.distill, **job.overrides)
-        distill_stage(cfg, dcfg, {**params, "run": job.overrides}, runs_dir / job.name, teacher_dir, progress=False)
-    return job.name
+        distill_stage(job_cfg, [job_config(cfg, job)[1] for job in jobs], [{**params, "run": job.overrides} for job in jobs],
+                      [runs_dir / job.name for job in jobs], teacher_dir, progress=False)
+    return [job.name for job in jobs]
 
 
-def runs_stage(cfg: ToyConfig, params: dict, runs_dir: Path, teacher_dir: Path, workers: int = 2,
+def runs_stage(cfg: ToyConfig, params: dict, runs_dir: Path, teacher_dir: Path, workers: int = 2, members: int = 8,
                progress: bool = True) -> list[str]:
-    """Every run of :func:`plan`, ``workers`` processes at a time (:func:`parallel.starmap`), each resuming from its
-    checkpoint; folders of runs that the plan no longer has are deleted."""
+    """Every run of :func:`plan`, distillations trained ``members`` at a time as one stacked computation
+    (:func:`batches`; a run ends where it would alone), ``workers`` processes at a time (:func:`parallel.starmap`),
+    each resuming from its checkpoint; folders of runs that the plan no longer has are deleted."""
     jobs = plan(cfg)
     runs_dir.mkdir(parents=True, exist_ok=True)
     prune_runs(runs_dir, [job.name for job in jobs])
-    return parallel.starmap(run_job, [(cfg, params, job, runs_dir, teacher_dir) for job in jobs], workers,
-                            progress, "toy runs")
+    items = batches(cfg, jobs, members)
+    parallel.starmap(run_batch, [(cfg, params, item, runs_dir, teacher_dir) for item in items], workers, progress,
+                     "toy runs")
+    return [job.name for job in jobs]
 
 
 # ---------------------------------------------------------------------------- evaluate stage
@@ -438,5 +501,7 @@ def _describe_run(info: dict) -> dict:
     return {"kind": "method" if c["method"] else "uni-instruct", "network": info["network"],
             "divergence": "" if c["method"] else c["divergence"],
             "estimator": "" if c["method"] else c["estimator"], "method": c["method"], "ratio": c["ratio"],
-            "seed": c["seed"], "nfe": 1, "wall_time_s": info["provenance"]["wall_time_s"], "gan": c["use_gan"],
+            "seed": c["seed"], "nfe": 1, "gan": c["use_gan"],
+            # a run's share of the wall time of the runs trained with it
+            "wall_time_s": round(info["provenance"]["wall_time_s"] / len(info.get("trained_with", [c["seed"]])), 3),
             "status": info["status"] if info["status"] == "ok" else f"diverged at iteration {info['diverged_at']}"}

@@ -67,6 +67,37 @@ def load(path: str | Path) -> Any:
         raise CorruptFileError(f"{path} cannot be read ({first}); {remedy}") from None
 
 
+# ---------------------------------------------------------------------------- runs trained together
+def split_members(state: dict, members: int, shared: set[str]) -> list[dict]:
+    """A stacked state dict (tensors with a leading ``members`` dimension) as one state dict per member, each stacked
+    with one member; the keys in ``shared`` (buffers) are copied to every member."""
+    return [{k: v if k in shared else v[r:r + 1].clone() for k, v in state.items()} for r in range(members)]
+
+
+def stack_members(states: list[dict], shared: set[str]) -> dict:
+    """The inverse of :func:`split_members`: one-member state dicts concatenated along the member dimension."""
+    return {k: states[0][k] if k in shared else torch.cat([s[k] for s in states]) for k in states[0]}
+
+
+def split_optimizer(state: dict, members: int) -> list[dict]:
+    """An optimiser state of stacked parameters as one state per member (scalars such as Adam's step are shared)."""
+    if members == 1:
+        return [state]
+    return [{"state": {i: {k: v if v.ndim == 0 else v[r:r + 1].clone() for k, v in s.items()}
+                       for i, s in state["state"].items()},
+             "param_groups": state["param_groups"]} for r in range(members)]
+
+
+def stack_optimizer(states: list[dict]) -> dict:
+    """The inverse of :func:`split_optimizer`."""
+    if len(states) == 1:
+        return states[0]
+    first = states[0]["state"]
+    return {"state": {i: {k: v if v.ndim == 0 else torch.cat([s["state"][i][k] for s in states])
+                          for k, v in first[i].items()} for i in first},
+            "param_groups": states[0]["param_groups"]}
+
+
 def _tensors(obj: Any, prefix: str = ""):
     if isinstance(obj, torch.Tensor):
         yield prefix, obj

@@ -14,6 +14,13 @@ trained with RKL (pure SIM) until ``warmup_sim_images``. All randomness comes fr
 uninterrupted one does, and a run over several ``torchrun`` processes takes the same steps as one process
 with the same global batch (:mod:`uniinstruct.training.ddp`). Class-conditional networks get one-hot labels:
 uniform over the classes for generator samples, the data's own for real samples.
+
+One Distiller may train several runs at once (*members*, one process): their networks are stacked (one batched
+computation; rows of a batch are member-major), each member keeps its own seed and generator of random numbers, its
+divergence, estimator, method and ratio (``MEMBER_KEYS``), its losses (the loss backpropagated is the sum of the
+members' means, so each member's gradient is its own), its history and its own checkpoint, in the format of a run
+trained alone; Adam, the EMA and the gradient clip act elementwise. A member therefore ends where it would alone
+(for networks without dropout: the dropout stream is the first member's).
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ import copy
 import math
 import shutil
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -40,6 +47,7 @@ RATIOS = ("logit", "released")
 # lets cuDNN do so by default; the released code and EDM switch it off: "fp32" is strict float32)
 PRECISIONS = {"fp32": (None, False), "tf32": (None, True), "bf16": (torch.bfloat16, False)}
 RESUMABLE_CHANGES = {"iterations", "checkpoint_every", "log_every", "device"}   # may differ when resuming
+MEMBER_KEYS = {"divergence", "estimator", "method", "ratio", "seed"}   # may differ between members of one Distiller
 RealSampler = Callable[[int, torch.Generator], tuple[Tensor, Tensor | None]]  # n -> (samples, labels or None)
 
 
@@ -142,18 +150,42 @@ def run_name(divergence: str, estimator: str, seed: int, method: str = "", ratio
             f"-s{seed}")
 
 
+def run_name_of(cfg: DistillConfig) -> str:
+    """:func:`run_name` of a run's settings."""
+    return run_name(cfg.divergence, cfg.estimator, cfg.seed, cfg.method, cfg.ratio, cfg.use_gan)
+
+
 def generator_sigma(t: Tensor, cfg: DistillConfig) -> Tensor:
     """EDM's ρ-schedule at t ∈ [0, 1] (t = 1 → σ_min), as the released code draws generator noise."""
     lo, hi = cfg.sigma_min ** (1 / cfg.rho), cfg.sigma_max ** (1 / cfg.rho)
     return (hi + (1 - t) * (lo - hi)) ** cfg.rho
 
 
-class Distiller:
-    """State and updates of one distillation run (networks, optimisers, EMA, counters, RNG)."""
+def check_members(members: list[DistillConfig]) -> None:
+    """Runs may train as members of one Distiller when they differ in ``MEMBER_KEYS`` only, all or none of them use
+    a prior method (the warm-ups differ), and they run in one process on whole batches."""
+    if not members:
+        raise ValueError("a Distiller needs at least one run")
+    first = asdict(members[0])
+    differ = sorted({k for m in members[1:] for k, v in asdict(m).items() if v != first[k]} - MEMBER_KEYS)
+    if differ:
+        raise ValueError(f"runs trained together must share every setting but {', '.join(sorted(MEMBER_KEYS))}; "
+                         f"these differ: {', '.join(differ)}")
+    if len({bool(m.method) for m in members}) > 1:
+        raise ValueError("runs trained together are all prior methods or all Uni-Instruct (their warm-ups differ)")
+    if len(members) > 1 and (ddp.world()[1] > 1 or members[0].batch_gpu):
+        raise ValueError("several runs train together in one process and on whole batches (no torchrun, batch_gpu 0)")
 
-    def __init__(self, cfg: DistillConfig, teacher: Callable[..., Tensor], fake: nn.Module,
+
+class Distiller:
+    """State and updates of one distillation run, or of several trained together (``members``): networks,
+    optimisers, EMA, counters, random number generators."""
+
+    def __init__(self, cfg: DistillConfig | list[DistillConfig], teacher: Callable[..., Tensor], fake: nn.Module,
                  generator: nn.Module, sample_real: RealSampler, sigma_data: float, label_dim: int = 0):
-        self.cfg = cfg
+        self.members = list(cfg) if isinstance(cfg, (list, tuple)) else [cfg]   # the runs (stacked networks if > 1)
+        check_members(self.members)
+        cfg = self.cfg = self.members[0]                                         # the settings they share
         self.device = ddp.local_device(cfg.device)
         self.teacher = teacher.to(self.device) if isinstance(teacher, nn.Module) else teacher  # D_φ, frozen
         self.fake = fake.to(self.device)    # D_ψ(x, σ[, labels], return_logits) with a discriminator head
@@ -170,28 +202,40 @@ class Distiller:
         if cfg.batch_gpu and local % cfg.batch_gpu:
             raise ValueError(f"batch_gpu {cfg.batch_gpu} does not divide the {local} samples of each process")
         self.rounds = local // cfg.batch_gpu if cfg.batch_gpu else 1   # gradient accumulation rounds
-        self.rng = torch.Generator().manual_seed(cfg.seed)
+        self.rngs = [torch.Generator().manual_seed(m.seed) for m in self.members]   # one stream per member
         self.opt_fake = torch.optim.Adam(fake.parameters(), lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.adam_eps)
         self.opt_g = torch.optim.Adam(generator.parameters(), lr=cfg.glr, betas=tuple(cfg.betas), eps=cfg.adam_eps)
-        self.method = methods.get(cfg.method) if cfg.method else None
-        self.iteration, self.cur_nimg, self.history = 0, 0, []
+        self.methods = [methods.get(m.method) if m.method else None for m in self.members]
+        self.iteration, self.cur_nimg, self.histories = 0, 0, [[] for _ in self.members]
         self.resumed_from = 0          # the iteration the last call of train() started at
         self._shape = tuple(sample_real(1, torch.Generator().manual_seed(0))[0].shape[1:])
 
+    @property
+    def rng(self) -> torch.Generator:
+        """The first member's random number generator (the run's, when it trains alone)."""
+        return self.rngs[0]
+
+    @property
+    def history(self) -> list[dict]:
+        """The first member's history (the run's, when it trains alone)."""
+        return self.histories[0]
+
     # ------------------------------------------------------------------ sampling helpers
     def _randn(self, *shape) -> Tensor:
-        """Global-batch normal noise from the run's generator; this process's shard, on its device."""
-        return ddp.shard(torch.randn(*shape, generator=self.rng)).to(self.device)
+        """Global-batch normal noise, ``shape`` per member from each member's generator (member-major); this
+        process's shard, on its device."""
+        return ddp.shard(torch.cat([torch.randn(*shape, generator=g) for g in self.rngs])).to(self.device)
 
     def _labels(self, n: int) -> Tensor | None:
         """One-hot labels of generator samples, uniform over the classes (None when unconditional)."""
         if not self.label_dim:
             return None
-        labels = torch.randint(self.label_dim, (n,), generator=self.rng)
+        labels = torch.cat([torch.randint(self.label_dim, (n,), generator=g) for g in self.rngs])
         return ddp.shard(nn.functional.one_hot(labels, self.label_dim).float()).to(self.device)
 
     def _real(self, n: int) -> tuple[Tensor, Tensor | None]:
-        x, labels = self.sample_real(n, self.rng)
+        draws = [self.sample_real(n, g) for g in self.rngs]
+        x, labels = torch.cat([d[0] for d in draws]), (torch.cat([d[1] for d in draws]) if self.label_dim else None)
         if self.label_dim:
             labels = ddp.shard(nn.functional.one_hot(labels, self.label_dim).float()).to(self.device)
         return ddp.shard(x).to(self.device), (labels if self.label_dim else None)
@@ -211,9 +255,13 @@ class Distiller:
     def phase(self) -> str:
         if self.cur_nimg < self.cfg.warmup_fake_images:
             return "fake_only"
-        if self.cur_nimg < self.cfg.warmup_sim_images and self.method is None:
+        if self.cur_nimg < self.cfg.warmup_sim_images and not self.cfg.method:
             return "sim"
         return "divergence"
+
+    def _per_member(self, value: Tensor) -> Tensor:
+        """Per-sample values [members·n] as each member's mean [members]."""
+        return value.reshape(len(self.members), -1).mean(1)
 
     # ------------------------------------------------------------------ updates
     def _split(self, *tensors: Tensor | None):
@@ -221,7 +269,7 @@ class Distiller:
         for r in range(self.rounds):
             yield [t if t is None else t.chunk(self.rounds)[r] for t in tensors]
 
-    def fake_step(self) -> dict[str, float]:
+    def fake_step(self) -> list[dict[str, float]]:
         cfg, b = self.cfg, self.cfg.batch
         z = self._randn(b, *self._shape)
         c_g = self._labels(b)
@@ -229,35 +277,36 @@ class Distiller:
         sigma = torch.exp(self._randn(b) * cfg.p_std + cfg.p_mean)
         noise = self._randn(b, *self._shape) * sigma.reshape(-1, *([1] * len(self._shape)))
         self.opt_fake.zero_grad(set_to_none=True)
-        logs: dict[str, float] = {}
+        logs: list[dict[str, float]] = [{} for _ in self.members]
         for z_r, c_r, x_real_r, c_real_r, sigma_r, noise_r in self._split(z, c_g, x_real, c_real, sigma, noise):
             with torch.no_grad(), eval_mode(self.G):      # as the released code: no generator dropout here
                 x_g = self.generate(z_r, labels=c_r)
             y_fake, logit_fake = self.net(self.fake, x_g + noise_r, sigma_r, c_r, return_logits=True)
-            loss_score = losses.fake_score_loss(y_fake, x_g, sigma_r, self.sigma_data).mean()
+            loss_score = self._per_member(losses.fake_score_loss(y_fake, x_g, sigma_r, self.sigma_data))
             loss = cfg.ls * loss_score
             terms = {"fake_score": loss_score}
             if cfg.use_gan:
                 _, logit_real = self.net(self.fake, x_real_r + noise_r, sigma_r, c_real_r, return_logits=True)
-                terms["discriminator"] = (losses.edm_weight(sigma_r, self.sigma_data)
-                                          * losses.discriminator_loss(logit_real, logit_fake)).mean()
+                terms["discriminator"] = self._per_member(losses.edm_weight(sigma_r, self.sigma_data)
+                                                          * losses.discriminator_loss(logit_real, logit_fake))
                 loss = loss + cfg.lsd * terms["discriminator"]
-            self._accumulate(loss, logs, terms, "fake-score loss")
+            self._accumulate(loss, logs, [{k: v[r] for k, v in terms.items()} for r in range(len(self.members))],
+                             "fake-score loss")
         self._reduce_gradients(self.fake)
         if cfg.use_gan:
             nn.utils.clip_grad_value_(self.fake.parameters(), cfg.grad_clip)
         self.opt_fake.step()
         return logs
 
-    def _ratio(self, logit: Tensor, x_g: Tensor, y_real: Tensor) -> Tensor:
-        if self.cfg.ratio == "logit":
-            return losses.ratio_from_logit(logit, tuple(self.cfg.ratio_clip))
-        return losses.released_code_ratio(logit, losses.sid_weight_factor(x_g, y_real), self.cfg.ratio_n_dims)
+    @staticmethod
+    def _ratio(cfg: DistillConfig, logit: Tensor, x_g: Tensor, y_real: Tensor) -> Tensor:
+        if cfg.ratio == "logit":
+            return losses.ratio_from_logit(logit, tuple(cfg.ratio_clip))
+        return losses.released_code_ratio(logit, losses.sid_weight_factor(x_g, y_real), cfg.ratio_n_dims)
 
     def generator_loss(self, phase: str, z: Tensor, c_g: Tensor | None, sigma: Tensor,
-                       eps: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        """The generator's loss on one slice of the batch, and its terms (for the logs)."""
-        cfg = self.cfg
+                       eps: Tensor) -> tuple[Tensor, list[dict[str, Tensor]]]:
+        """Each member's generator loss on one slice of the batch [members], and its terms (for the logs)."""
         x_g = self.generate(z, labels=c_g)
         x_t = x_g + sigma.reshape(-1, *([1] * len(self._shape))) * eps
         y_real = self.net(self.teacher, x_t, sigma, c_g)
@@ -267,49 +316,69 @@ class Distiller:
                 y_fake, logit = self.net(self.fake, x_t, sigma, c_g, return_logits=True)
         finally:
             self.fake.requires_grad_(True)
-        w_f = losses.sid_weight_factor(x_g, y_real)
-        if self.method is not None:
-            batch = methods.PathBatch(x_g=x_g, x_t=x_t, eps=eps, sigma=sigma, y_real=y_real, y_fake=y_fake,
-                                      log_ratio=logit, weight=self.method.trainer_weight(sigma, w_f))
-            core = self.method.generator_loss(batch)
-            gan = cfg.use_gan and "gan" in self.method.extras
+        n = len(z) // len(self.members)
+        member_losses, member_terms = [], []
+        for r, (member, method) in enumerate(zip(self.members, self.methods)):
+            rows = slice(r * n, (r + 1) * n)
+            path = methods.PathBatch(x_g=x_g[rows], x_t=x_t[rows], eps=eps[rows], sigma=sigma[rows],
+                                     y_real=y_real[rows], y_fake=y_fake[rows], log_ratio=logit[rows])
+            loss, terms = self._member_generator_loss(member, method, phase, path)
+            member_losses.append(loss)
+            member_terms.append(terms)
+        return torch.stack(member_losses), member_terms
+
+    def _member_generator_loss(self, cfg: DistillConfig, method: methods.Method | None, phase: str,
+                               path: methods.PathBatch) -> tuple[Tensor, dict[str, Tensor]]:
+        """One member's generator loss (the mean over its samples) and its terms."""
+        w_f = losses.sid_weight_factor(path.x_g, path.y_real)
+        if method is not None:
+            core = method.generator_loss(replace(path, weight=method.trainer_weight(path.sigma, w_f)))
+            gan = cfg.use_gan and "gan" in method.extras
         else:
             div = divergences.get("rkl" if phase == "sim" else cfg.divergence)
-            ratio = self._ratio(logit, x_g, y_real)
-            weight = sigma**4 / w_f if cfg.estimator == "exact" else 1.0     # denoiser units, SiD-normalised
-            core = losses.generator_loss(div, y_real, y_fake, x_g, x_t, sigma, ratio, cfg.estimator, weight)
+            ratio = self._ratio(cfg, path.log_ratio, path.x_g, path.y_real)
+            weight = path.sigma**4 / w_f if cfg.estimator == "exact" else 1.0     # denoiser units, SiD-normalised
+            core = losses.generator_loss(div, path.y_real, path.y_fake, path.x_g, path.x_t, path.sigma, ratio,
+                                         cfg.estimator, weight)
             gan = cfg.use_gan and phase == "divergence"
         terms = {"generator": core.mean()}
         loss = cfg.lsg * terms["generator"]
         if gan:
-            terms["generator_gan"] = losses.generator_gan_loss(logit).mean()
+            terms["generator_gan"] = losses.generator_gan_loss(path.log_ratio).mean()
             loss = loss + cfg.lsg_gan * terms["generator_gan"]
         return loss, terms
 
-    def generator_step(self, phase: str) -> dict[str, float]:
+    def generator_step(self, phase: str) -> list[dict[str, float]]:
         cfg, b = self.cfg, self.cfg.batch
         z = self._randn(b, *self._shape)
         c_g = self._labels(b)
-        sigma = generator_sigma(ddp.shard(torch.rand(b, generator=self.rng)).to(self.device) * cfg.tmax / 1000, cfg)
+        t = ddp.shard(torch.cat([torch.rand(b, generator=g) for g in self.rngs])).to(self.device)
+        sigma = generator_sigma(t * cfg.tmax / 1000, cfg)
         eps = self._randn(b, *self._shape)
         self.opt_g.zero_grad(set_to_none=True)
-        logs: dict[str, float] = {}
+        logs: list[dict[str, float]] = [{} for _ in self.members]
         for args in self._split(z, c_g, sigma, eps):
             loss, terms = self.generator_loss(phase, *args)
             self._accumulate(loss, logs, terms, "generator loss")
         grads = self._reduce_gradients(self.G)
-        # finite gradients whose squares overflow Adam's moments show up as an infinite norm
-        self._guard(nn.utils.get_total_norm(grads), "generator gradient norm")
+        # finite gradients whose squares overflow Adam's moments show up as an infinite norm (per member: the
+        # parameters of several runs are stacked along their first dimension)
+        count = len(self.members)
+        self._guard(nn.utils.get_total_norm(grads) if count == 1 else
+                    sum(g.reshape(count, -1).pow(2).sum(1) for g in grads).sqrt(), "generator gradient norm")
         self.opt_g.step()
         return logs
 
-    def _accumulate(self, loss: Tensor, logs: dict[str, float], terms: dict[str, Tensor], what: str) -> None:
-        """Guard one round's loss, backpropagate its share, and add its terms to the logs (means over processes
-        and rounds). The guard sees the loss averaged over processes, so every process stops together."""
+    def _accumulate(self, loss: Tensor, logs: list[dict[str, float]], terms: list[dict[str, Tensor]],
+                    what: str) -> None:
+        """Guard one round's losses [members], backpropagate their sum's share, and add each member's terms to its
+        logs (means over processes and rounds). The guard sees the losses averaged over processes, so every process
+        stops together."""
         self._guard(ddp.mean(loss), what)
-        (loss / self.rounds).backward()
-        for key, value in terms.items():
-            logs[key] = logs.get(key, 0.0) + ddp.mean(value).item() / self.rounds
+        (loss.sum() / self.rounds).backward()
+        for member_logs, member_terms in zip(logs, terms):
+            for key, value in member_terms.items():
+                member_logs[key] = member_logs.get(key, 0.0) + ddp.mean(value).item() / self.rounds
 
     def _reduce_gradients(self, net: nn.Module) -> list[Tensor]:
         """Average the accumulated gradients over processes and zero non-finite entries (as the released code
@@ -321,9 +390,16 @@ class Distiller:
         return grads
 
     def _guard(self, value: Tensor, what: str) -> None:
-        if not torch.isfinite(value):
-            raise FloatingPointError(f"non-finite {what} at iteration {self.iteration} "
+        """Stop on a non-finite value, one per member (or one for all): the error names the member (its index in
+        ``err.member``) when several train."""
+        bad = (~torch.isfinite(value.reshape(-1))).nonzero().flatten().tolist()
+        if bad:
+            member = bad[0] if value.numel() == len(self.members) else None
+            who = f" of {run_name_of(self.members[member])}" if len(self.members) > 1 and member is not None else ""
+            err = FloatingPointError(f"non-finite {what}{who} at iteration {self.iteration} "
                                      f"({self.cur_nimg} images); the last checkpoint is intact")
+            err.member = member
+            raise err
 
     def update_ema(self) -> None:
         cfg = self.cfg
@@ -334,81 +410,124 @@ class Distiller:
             for p_ema, p in zip(self.G_ema.parameters(), self.G.parameters()):
                 p_ema.lerp_(p, 1 - beta)
 
-    def step(self) -> dict[str, float]:
+    def step(self) -> list[dict]:
+        """One iteration; the logs of each member."""
         # Dropout draws from torch's global generator: reseed it from (seed, iteration, rank) so that dropout masks,
         # like every other random number here, follow from the seed and survive a resume.
         torch.manual_seed((self.cfg.seed * 1_000_003 + self.iteration) * 1_009 + ddp.world()[0])
         phase = self.phase()
-        logs = {"iteration": self.iteration + 1, "images": self.cur_nimg + self.cfg.batch, "phase": phase,
-                **self.fake_step()}
+        head = {"iteration": self.iteration + 1, "images": self.cur_nimg + self.cfg.batch, "phase": phase}
+        logs = [{**head, **fake} for fake in self.fake_step()]
         if phase != "fake_only":
-            logs.update(self.generator_step(phase))
+            for member_logs, gen in zip(logs, self.generator_step(phase)):
+                member_logs.update(gen)
         self.cur_nimg += self.cfg.batch
         self.iteration += 1
         self.update_ema()
         return logs
 
     # ------------------------------------------------------------------ checkpoints
-    def state_dict(self) -> dict:
-        return {"config": asdict(self.cfg), "iteration": self.iteration, "cur_nimg": self.cur_nimg,
-                "generator": self.G.state_dict(), "generator_ema": self.G_ema.state_dict(),
-                "fake": self.fake.state_dict(), "opt_fake": self.opt_fake.state_dict(),
-                "opt_g": self.opt_g.state_dict(), "rng": self.rng.get_state(), "history": self.history,
-                "source": provenance.source_digest()}
+    def state_dicts(self) -> list[dict]:
+        """Each member's state, in the format of a run trained alone (stacked tensors split along the members)."""
+        count = len(self.members)
 
-    def _changed_settings(self, state: dict) -> set[str]:
+        def split(state: dict, shared: set[str]) -> list[dict]:
+            return [state] if count == 1 else checkpoint.split_members(state, count, shared)
+
+        nets = {key: split(net.state_dict(), {name for name, _ in net.named_buffers()})
+                for key, net in (("generator", self.G), ("generator_ema", self.G_ema), ("fake", self.fake))}
+        opts = {key: checkpoint.split_optimizer(opt.state_dict(), count)
+                for key, opt in (("opt_fake", self.opt_fake), ("opt_g", self.opt_g))}
+        return [{"config": asdict(m), "iteration": self.iteration, "cur_nimg": self.cur_nimg,
+                 **{key: parts[r] for key, parts in {**nets, **opts}.items()}, "rng": rng.get_state(),
+                 "history": history, "source": provenance.source_digest()}
+                for r, (m, rng, history) in enumerate(zip(self.members, self.rngs, self.histories))]
+
+    def state_dict(self) -> dict:
+        """The state of a run trained alone."""
+        if len(self.members) > 1:
+            raise ValueError("a Distiller of several runs has one state per run: use state_dicts()")
+        return self.state_dicts()[0]
+
+    def _changed_settings(self, member: DistillConfig, state: dict) -> set[str]:
         """The settings a checkpoint was written with that differ from this run's, beyond those a resume may change."""
-        return {k for k, v in state["config"].items() if asdict(self.cfg).get(k) != v} - RESUMABLE_CHANGES
+        return {k for k, v in state["config"].items() if asdict(member).get(k) != v} - RESUMABLE_CHANGES
+
+    def load_state_dicts(self, states: list[dict]) -> None:
+        """Each member's state (from :meth:`state_dicts`, or from runs trained alone at the same iteration)."""
+        for member, state in zip(self.members, states, strict=True):
+            changed = self._changed_settings(member, state)
+            if changed:
+                raise ValueError(f"the checkpoint was written with other settings ({', '.join(sorted(changed))}); "
+                                 "restore them, or delete the checkpoint to start afresh")
+        if len({(s["iteration"], s["cur_nimg"]) for s in states}) > 1:
+            raise ValueError("the runs' checkpoints are at different iterations: they cannot train together")
+
+        def stack(key: str, shared: set[str]) -> dict:
+            return states[0][key] if len(states) == 1 else checkpoint.stack_members([s[key] for s in states], shared)
+
+        self.iteration, self.cur_nimg = states[0]["iteration"], states[0]["cur_nimg"]
+        self.histories = [s["history"] for s in states]
+        for key, net in (("generator", self.G), ("generator_ema", self.G_ema), ("fake", self.fake)):
+            net.load_state_dict(stack(key, {name for name, _ in net.named_buffers()}))
+        for key, opt in (("opt_fake", self.opt_fake), ("opt_g", self.opt_g)):
+            opt.load_state_dict(checkpoint.stack_optimizer([s[key] for s in states]))
+        for rng, state in zip(self.rngs, states):
+            rng.set_state(state["rng"])
 
     def load_state_dict(self, state: dict) -> None:
-        changed = self._changed_settings(state)
-        if changed:
-            raise ValueError(f"the checkpoint was written with other settings ({', '.join(sorted(changed))}); "
-                             "restore them, or delete the checkpoint to start afresh")
-        self.iteration, self.cur_nimg, self.history = state["iteration"], state["cur_nimg"], state["history"]
-        self.G.load_state_dict(state["generator"])
-        self.G_ema.load_state_dict(state["generator_ema"])
-        self.fake.load_state_dict(state["fake"])
-        self.opt_fake.load_state_dict(state["opt_fake"])
-        self.opt_g.load_state_dict(state["opt_g"])
-        self.rng.set_state(state["rng"])
+        """The state of a run trained alone."""
+        self.load_state_dicts([state])
 
-    def stale(self, state: dict) -> str:
-        """Why a checkpoint cannot be resumed by this run ("" when it can): other code, or other settings than
-        those a resume may change."""
-        if state.get("source") != provenance.source_digest():
-            return "it was written by other code"
-        changed = self._changed_settings(state)
-        return f"it was written with other settings ({', '.join(sorted(changed))})" if changed else ""
+    def stale(self, states: list[dict]) -> str:
+        """Why the members' checkpoints cannot be resumed by this Distiller ("" when they can): other code, other
+        settings than those a resume may change, or different iterations."""
+        for member, state in zip(self.members, states, strict=True):
+            if state.get("source") != provenance.source_digest():
+                return "it was written by other code"
+            changed = self._changed_settings(member, state)
+            if changed:
+                return f"it was written with other settings ({', '.join(sorted(changed))})"
+        if len({s["iteration"] for s in states}) > 1:
+            return "the runs trained together have checkpoints at different iterations"
+        return ""
 
-    def train(self, run_dir: str | Path, progress: bool = True) -> list[dict]:
-        """Run to ``cfg.iterations``, resuming from ``run_dir/checkpoint.pt`` when it exists and was written by this
-        code with these settings; a stale checkpoint is replaced by a fresh start (with a note on stderr)."""
-        path = Path(run_dir) / "checkpoint.pt"
-        state = checkpoint.load(path) if path.exists() else None
-        if state is not None and (reason := self.stale(state)):
-            print(f"{path}: not resumed, {reason}; starting from iteration 0", file=sys.stderr)
-            state = None
-        if state is not None:
-            self.load_state_dict(state)
+    def train(self, run_dirs: str | Path | list, progress: bool = True) -> list[list[dict]]:
+        """Run to ``cfg.iterations``, each member checkpointing to ``<its run_dir>/checkpoint.pt`` and resuming from
+        it when every member has one written by this code with these settings at the same iteration; otherwise the
+        checkpoints are replaced by a fresh start (with a note on stderr). Returns the members' histories."""
+        paths = [Path(d) / "checkpoint.pt" for d in (run_dirs if isinstance(run_dirs, (list, tuple)) else [run_dirs])]
+        if len(paths) != len(self.members):
+            raise ValueError(f"{len(self.members)} runs train together but {len(paths)} run folders were given")
+        found = [checkpoint.load(p) if p.exists() else None for p in paths]
+        states = found if all(s is not None for s in found) else None
+        reason = self.stale(states) if states else ("another run trained with it has none" if any(found) else "")
+        if reason:
+            for path in (p for p, s in zip(paths, found) if s is not None):
+                print(f"{path}: not resumed, {reason}; starting from iteration 0", file=sys.stderr)
+            states = None
+        if states is not None:
+            self.load_state_dicts(states)
             if self.iteration > self.cfg.iterations:
-                raise ValueError(f"{path} is at iteration {self.iteration}, past iterations: {self.cfg.iterations}; "
-                                 f"raise iterations to continue it, or use another runs folder")
+                raise ValueError(f"{paths[0]} is at iteration {self.iteration}, past iterations: "
+                                 f"{self.cfg.iterations}; raise iterations to continue it, or use another runs folder")
         self.resumed_from = self.iteration
         bar = tqdm(total=self.cfg.iterations, initial=self.iteration, desc="distill",
                    disable=not (progress and ddp.is_main()))
         while self.iteration < self.cfg.iterations:
             logs = self.step()
             if self.iteration % self.cfg.log_every == 0:
-                self.history.append(logs)
-                bar.set_postfix({k: f"{v:.3g}" for k, v in logs.items() if isinstance(v, float)})
+                for history, member_logs in zip(self.histories, logs):
+                    history.append(member_logs)
+                bar.set_postfix({k: f"{v:.3g}" for k, v in logs[0].items() if isinstance(v, float)})
             if self.iteration % self.cfg.checkpoint_every == 0 or self.iteration == self.cfg.iterations:
                 if ddp.is_main():
-                    checkpoint.save_atomic(self.state_dict(), path)
+                    for state, path in zip(self.state_dicts(), paths):
+                        checkpoint.save_atomic(state, path)
                 ddp.barrier()
             bar.update(1)
         bar.close()
-        return self.history
+        return self.histories
 
 
 def prune_runs(runs_dir: Path, keep: list[str]) -> list[str]:
