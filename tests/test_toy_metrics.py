@@ -177,6 +177,17 @@ def test_bad_input():
         metrics.knn_entropy(torch.cat([x, x[:10]]))
 
 
+def test_a_collapsed_sample_set_is_scored_without_the_knn_estimates():
+    """Duplicates (a collapsed generator's samples) leave the k-NN entropy and KL(p‖q) undefined: NaN in the report,
+    every other metric as for the same samples without the duplicate."""
+    q = pair("three_modes").teacher
+    x = q.sample(400, generator=gen(16))
+    with_dup = metrics.toy_report(q, torch.cat([x, x[:1]]), generator=gen(1))
+    assert math.isnan(with_dup["knn_entropy"]) and math.isnan(with_dup["reverse_kl"])
+    assert with_dup["teacher_nll"] == pytest.approx(metrics.teacher_nll(q, torch.cat([x, x[:1]])), rel=1e-12)
+    assert math.isfinite(with_dup["forward_kl"]) and math.isfinite(with_dup["mmd"])
+
+
 # ---------------------------------------------------------------------------- mass on and off the modes
 def test_mode_mass_of_teacher_samples_matches_chi_square():
     """Samples of a well-separated isotropic mixture fall outside radius 3 of their own mode with probability

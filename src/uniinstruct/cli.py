@@ -152,7 +152,7 @@ def cmd_toy_ceiling(args: argparse.Namespace) -> int:
 
 def cmd_toy_evaluate(args: argparse.Namespace) -> int:
     toy, cfg, params = _toy(args)
-    rows = toy.evaluate_stage(cfg, params, Path(args.runs_dir), Path(args.teacher_dir), Path(args.out))
+    rows = toy.evaluate_stage(cfg, params, Path(args.runs_dir), Path(args.teacher_dir), Path(args.out), args.workers)
     print(f"evaluated {len(rows)} sample sets -> {args.out}")
     return 0
 
@@ -339,7 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="distillations trained together as one stacked computation (default 8; a run's result "
                           "does not depend on it)"))),
         "evaluate": (cmd_toy_evaluate, "metrics of the teacher and every run", ["--teacher-dir", "--runs-dir", "--out"],
-                     None)}, toy_dirs)
+                     _workers)}, toy_dirs)
 
     digits_dirs = {"--teacher-dir": ("results/digits/teacher", "the teacher stage's folder"),
                    "--classifier-dir": ("results/digits/classifier", "the classifier stage's folder"),

@@ -433,9 +433,10 @@ def batches(cfg: ToyConfig, jobs: list[Job], members: int) -> list[list[Job]]:
         count = math.ceil(len(group) / members)
         items += [group[i::count] for i in range(count)]
 
-    def cost(item: list[Job]) -> float:        # ≈ run-iterations, a ceiling step ≈ ⅓ of a distillation iteration
-        job = item[0]
-        return job.overrides["iterations"] / 3 if job.ceiling else len(item) * job_config(cfg, job)[1].iterations
+    def cost(item: list[Job]) -> float:    # ≈ run-iterations × width × depth; a ceiling step ≈ ⅓ of an iteration
+        job_cfg, dcfg = job_config(cfg, item[0])
+        steps = item[0].overrides["iterations"] / 3 if dcfg is None else len(item) * dcfg.iterations
+        return steps * job_cfg.hidden * job_cfg.depth
     return sorted(items, key=cost, reverse=True)
 
 
@@ -466,11 +467,17 @@ def runs_stage(cfg: ToyConfig, params: dict, runs_dir: Path, teacher_dir: Path, 
 
 
 # ---------------------------------------------------------------------------- evaluate stage
-def evaluate_stage(cfg: ToyConfig, params: dict, runs_dir: Path, teacher_dir: Path, out_path: Path) -> list[dict]:
-    """Metrics of every run's samples and of the teacher's Heun samples against the exact teacher."""
+def score(benchmark_name: str, samples_path: Path) -> dict:
+    """Every metric of one sample set against the exact teacher (its own seeded stream: the same in any process)."""
+    x = checkpoint.load(samples_path)
+    return toy_report(benchmark(benchmark_name), x, generator=torch.Generator().manual_seed(7))
+
+
+def evaluate_stage(cfg: ToyConfig, params: dict, runs_dir: Path, teacher_dir: Path, out_path: Path,
+                   workers: int = 2) -> list[dict]:
+    """Metrics of every run's samples and of the teacher's Heun samples against the exact teacher, ``workers``
+    processes at a time."""
     started = time.perf_counter()
-    q = benchmark(cfg.benchmark)
-    rows = []
     teacher_info = json.loads((teacher_dir / "teacher.json").read_text())
     entries = [(f"teacher-{kind}-heun", teacher_dir / f"samples_{kind}.pt", _describe_teacher(cfg, teacher_info, kind))
                for kind in TEACHERS]
@@ -479,9 +486,8 @@ def evaluate_stage(cfg: ToyConfig, params: dict, runs_dir: Path, teacher_dir: Pa
         if not run_json.exists():
             raise FileNotFoundError(f"{run_json} is missing: run the distill stage for {folder.name} first")
         entries.append((folder.name, folder / "samples.pt", _describe_run(json.loads(run_json.read_text()))))
-    for name, samples_path, info in tqdm(entries, desc="evaluate"):
-        x = checkpoint.load(samples_path)
-        rows.append({"run": name, **info, **toy_report(q, x, generator=torch.Generator().manual_seed(7))})
+    scores = parallel.starmap(score, [(cfg.benchmark, path) for _, path, _ in entries], workers, True, "evaluate")
+    rows = [{"run": name, **info, **metrics} for (name, _, info), metrics in zip(entries, scores)]
     provenance.write_json(out_path, {"rows": rows, "provenance": provenance.record(params, started)})
     return rows
 

@@ -37,6 +37,11 @@ def _check(x: Tensor, d: int | None = None, name: str = "x") -> Tensor:
     return x
 
 
+class DuplicateSamplesError(ValueError):
+    """Samples with coinciding points: they have no density (an atom, e.g. a collapsed generator), so k-NN estimates
+    of entropy and KL(p‖q) are undefined."""
+
+
 def _kth_distance(points: np.ndarray, queries: np.ndarray, k: int, exclude_self: bool) -> np.ndarray:
     """Distance from each query to its k-th nearest point (skipping the query itself); duplicates raise."""
     kk = k + 1 if exclude_self else k
@@ -46,8 +51,8 @@ def _kth_distance(points: np.ndarray, queries: np.ndarray, k: int, exclude_self:
     dist = dist.reshape(len(queries), kk)
     n_zero = int(np.sum(dist[:, kk - k] <= 0.0))   # zero distance to the nearest other point
     if n_zero:
-        raise ValueError(f"{n_zero} points coincide with another one: the samples contain duplicates, "
-                         "which have no density, so k-NN estimates are undefined")
+        raise DuplicateSamplesError(f"{n_zero} points coincide with another one: the samples contain duplicates, "
+                                    "which have no density, so k-NN estimates are undefined")
     return dist[:, -1]
 
 
@@ -153,11 +158,16 @@ def mmd(x: Tensor, y: Tensor, scales: tuple[float, ...] = (0.1, 0.3, 1.0, 3.0)) 
 def toy_report(q: GaussianMixture, x: Tensor, generator: torch.Generator | None = None,
                mmd_samples: int = 2000) -> dict:
     """All metrics of x against q as a JSON-ready dict; MMD uses the first ``mmd_samples`` of x against as
-    many fresh teacher samples (its kernels are O(n²) in memory)."""
+    many fresh teacher samples (its kernels are O(n²) in memory). Samples with duplicates (a collapsed generator) get
+    NaN for the k-NN entropy and KL(p‖q), which are undefined for them, and every other metric."""
     x = _check(x, q.dim)
     m = min(mmd_samples, len(x))
     reference = q.sample(m, generator=generator)
-    nll, entropy = teacher_nll(q, x), knn_entropy(x)
+    nll = teacher_nll(q, x)
+    try:
+        entropy = knn_entropy(x)
+    except DuplicateSamplesError:
+        entropy = float("nan")
     coverage = mode_coverage(q, x)
     near = mode_mass(q, x)
     return {
