@@ -215,7 +215,7 @@ def test_cli_stages_end_to_end(tmp_path, tiny_digits_params):
     assert metrics["inception"]["sha256"] and "not comparable" in metrics["fid_protocol"]
     assert {"teacher_fid", "best_student_fid", "classifier_test_accuracy"} <= set(
         json.loads((tmp_path / "metrics.json").read_text()))
-    for name in ("table.csv", "table.md", "table.tex", "curves.csv", "figures/teacher-heun.png",
+    for name in ("table.csv", "table.md", "table.tex", "summary.md", "curves.csv", "figures/teacher-heun.png",
                  "figures/ui-rkl-exact-s0.png", "figures/samples.png", "figures/curves.png"):
         assert (tmp_path / "out" / name).is_file(), name
     bad = subprocess.run(cli + ["distill", "--divergence", "kl"] + flags("distill"), env=ENV, capture_output=True, text=True,
@@ -312,3 +312,36 @@ def test_runs_stage_in_two_processes_equals_the_distill_stage(tmp_path, tiny_dig
     assert pooled["iteration"] == single["iteration"] == TINY.iterations
     for key in ("generator", "generator_ema", "fake"):
         assert all(torch.equal(pooled[key][k], single[key][k]) for k in single[key]), key
+
+
+def test_plan_adds_the_runs_without_the_gan(tiny_digits_params):
+    from uniinstruct.config import load_section
+    from uniinstruct.pipelines import digits
+
+    cfg = load_section(DigitsConfig, "digits", tiny_digits_params)
+    cfg.matrix.divergences, cfg.matrix.seeds, cfg.matrix.no_gan_divergences = ["rkl", "fkl"], [1, 2], ["fkl"]
+    assert [name for name, _ in digits.plan(cfg)] == ["ui-rkl-exact-s1", "ui-rkl-exact-s2", "ui-fkl-exact-s1",
+                                                     "ui-fkl-exact-s2", "ui-fkl-exact-nogan-s1", "ui-fkl-exact-nogan-s2"]
+    assert digits.plan(cfg)[-1][1] == {"divergence": "fkl", "estimator": "exact", "seed": 2, "use_gan": False}
+
+
+def test_summary_table_gives_each_setting_its_interval_over_seeds():
+    """Three seeds: mean ± t(0.975, 2)·s/√3 with t = 4.302652729911275 (tables of Student's t); one seed: no interval."""
+    import pandas as pd
+
+    from uniinstruct.pipelines.digits_evaluate import summary_table
+
+    base = {"estimator": "", "gan": "", "nfe": 0}
+    frame = pd.DataFrame([{**base, "kind": "data", "divergence": "", "classifier_fd": 0.2},
+                          {**base, "kind": "teacher", "divergence": "", "nfe": 35, "classifier_fd": 2.9},
+                          *[{"kind": "uni-instruct", "divergence": "fkl", "estimator": "exact", "gan": "yes", "nfe": 1,
+                             "classifier_fd": v} for v in (3.0, 4.0, 6.5)],
+                          {"kind": "uni-instruct", "divergence": "fkl", "estimator": "exact", "gan": "no", "nfe": 1,
+                           "classifier_fd": 7.0}])
+    table = summary_table(frame)
+    assert list(table.model) == ["real images (floor)", "teacher", "Uni-Instruct FKL", "Uni-Instruct FKL"]
+    row = table.iloc[2]
+    sd = ((3.0 - 4.5) ** 2 + (4.0 - 4.5) ** 2 + (6.5 - 4.5) ** 2) ** 0.5 / 2 ** 0.5
+    assert row.seeds == 3 and row["mean"] == 4.5 and row.best == 3.0 and row.worst == 6.5
+    assert abs(row["95% half-width"] - 4.302652729911275 * sd / 3 ** 0.5) < 1e-3
+    assert table.iloc[3].seeds == 1 and table.iloc[3]["classifier FD"] == "7" and pd.isna(table.iloc[3]["95% half-width"])

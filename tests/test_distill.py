@@ -39,7 +39,7 @@ def together(cfgs: list[DistillConfig]) -> Distiller:
     torch.manual_seed(0)
     init = toy_denoiser(2, 16, 2, sd).state_dict()
     fake, gen = toy_denoiser(2, 16, 2, sd, len(cfgs)), toy_denoiser(2, 16, 2, sd, len(cfgs))
-    stacked = checkpoint.stack_members([init] * len(cfgs), {"backbone.noise.freqs"})
+    stacked = checkpoint.stack_members([init] * len(cfgs), checkpoint.buffer_names(gen))
     fake.load_state_dict(stacked), gen.load_state_dict(stacked)
     return Distiller(cfgs, MixtureDenoiser(q), fake, gen, real_sampler(q), sd)
 

@@ -119,11 +119,11 @@ def cmd_toy_teacher(args: argparse.Namespace) -> int:
 
 
 def cmd_toy_distill(args: argparse.Namespace) -> int:
-    from uniinstruct.training.distill import run_name
+    from uniinstruct.training.distill import run_name_of
 
     toy, cfg, params = _toy(args)
     dcfg, overrides = _distill_config(args, cfg.distill, "toy")
-    name = run_name(dcfg.divergence, dcfg.estimator, dcfg.seed, dcfg.method, dcfg.ratio, dcfg.use_gan)
+    name = run_name_of(dcfg)
     toy.distill_stage(cfg, [dcfg], [{**params, "run": overrides}], [Path(args.runs_dir) / name],
                       Path(args.teacher_dir), progress=not args.quiet)
     print(f"distilled {name} -> {Path(args.runs_dir) / name}")
@@ -188,11 +188,11 @@ def cmd_digits_classifier(args: argparse.Namespace) -> int:
 
 def cmd_digits_distill(args: argparse.Namespace) -> int:
     from uniinstruct.pipelines import digits
-    from uniinstruct.training.distill import run_name
+    from uniinstruct.training.distill import run_name_of
 
     cfg, params = _digits(args)
     dcfg, overrides = _distill_config(args, cfg.distill, "digits")
-    name = run_name(dcfg.divergence, dcfg.estimator, dcfg.seed, dcfg.method, dcfg.ratio, dcfg.use_gan)
+    name = run_name_of(dcfg)
     run_dir = Path(args.runs_dir) / name
     if digits.distill_stage(cfg, dcfg, {**params, "run": overrides}, run_dir, Path(args.teacher_dir), not args.quiet):
         print(f"distilled {name} -> {run_dir}")

@@ -28,7 +28,7 @@ from uniinstruct.images.data import ImageDataset, load, one_hot, save_grid
 from uniinstruct.networks import EDMPrecond, UNet, parameter_count
 from uniinstruct.sampling import heun_nfe, heun_sampler
 from uniinstruct.training import checkpoint, ddp
-from uniinstruct.training.distill import DistillConfig, Distiller, prune_runs, run_name, train_and_record
+from uniinstruct.training.distill import DistillConfig, Distiller, prune_runs, run_name_of, train_and_record
 
 
 @dataclass
@@ -71,10 +71,12 @@ class DigitsMatrix:
     divergences: list[str] = field(default_factory=lambda: ["rkl", "fkl", "jkl"])
     estimators: list[str] = field(default_factory=lambda: ["exact"])
     seeds: list[int] = field(default_factory=lambda: [0])
+    no_gan_divergences: list[str] = field(default_factory=list)     # the same runs without the GAN term (exact)
 
     def check(self):
         return (valid_names("divergences", self.divergences, divergences.get)
-                + valid_names("estimators", self.estimators, losses.generator_estimator))
+                + valid_names("estimators", self.estimators, losses.generator_estimator)
+                + valid_names("no_gan_divergences", self.no_gan_divergences, divergences.get))
 
 
 @dataclass
@@ -210,9 +212,12 @@ def distill_stage(cfg: DigitsConfig, dcfg: DistillConfig, params: dict, run_dir:
 
 def plan(cfg: DigitsConfig) -> list[tuple[str, dict]]:
     """Every run of ``digits.matrix``: (its folder name, its overrides of ``digits.distill``), in a fixed order."""
-    m, d = cfg.matrix, cfg.distill
-    return [(run_name(div, est, seed, d.method, d.ratio, d.use_gan), {"divergence": div, "estimator": est, "seed": seed})
+    m = cfg.matrix
+    runs = [{"divergence": div, "estimator": est, "seed": seed}
             for div in m.divergences for est in m.estimators for seed in m.seeds]
+    runs += [{"divergence": div, "estimator": "exact", "seed": seed, "use_gan": False}
+             for div in m.no_gan_divergences for seed in m.seeds]
+    return [(run_name_of(replace(cfg.distill, **overrides)), overrides) for overrides in runs]
 
 
 def run_job(cfg: DigitsConfig, params: dict, name: str, overrides: dict, runs_dir: Path, teacher_dir: Path) -> str:

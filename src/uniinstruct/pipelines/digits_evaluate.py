@@ -53,7 +53,8 @@ def sample_sets(samples_dir: Path, teacher_dir: Path, runs_dir: Path) -> list[tu
     index = {s["name"]: s for s in json.loads((samples_dir / "samples.json").read_text())["sets"]}
     teacher = json.loads((teacher_dir / "teacher.json").read_text())
     sets = [("teacher-heun", samples_dir / "teacher-heun.pt",
-             {"kind": "teacher", "divergence": "", "estimator": "", "seed": -1, "nfe": index["teacher-heun"]["nfe"],
+             {"kind": "teacher", "divergence": "", "estimator": "", "gan": "", "seed": -1,
+              "nfe": index["teacher-heun"]["nfe"],
               "status": "ok", "wall_time_s": teacher["provenance"]["wall_time_s"]})]
     for folder in sorted(p for p in runs_dir.iterdir() if p.is_dir()) if runs_dir.is_dir() else []:
         if folder.name not in index:
@@ -64,7 +65,8 @@ def sample_sets(samples_dir: Path, teacher_dir: Path, runs_dir: Path) -> list[tu
             f"diverged at iteration {run['diverged_at']} (sampled at {index[folder.name]['iteration']})"
         sets.append((folder.name, samples_dir / f"{folder.name}.pt",
                      {"kind": c["method"] or "uni-instruct", "divergence": "" if c["method"] else c["divergence"],
-                      "estimator": "" if c["method"] else c["estimator"], "seed": c["seed"], "nfe": 1,
+                      "estimator": "" if c["method"] else c["estimator"], "gan": "yes" if c["use_gan"] else "no",
+                      "seed": c["seed"], "nfe": 1,
                       "status": status, "wall_time_s": run["provenance"]["wall_time_s"]}))
     return sets
 
@@ -89,7 +91,7 @@ def evaluate_stage(cfg: DigitsConfig, params: dict, teacher_dir: Path, classifie
     n_fid = min(cfg.fid.num_images, len(data.images) // 2)
     perm = torch.randperm(len(data.images), generator=torch.Generator().manual_seed(0))
     real_clf = classifier_features(clf, data.images)
-    floor = ("real-subset", None, {"kind": "data", "divergence": "", "estimator": "", "seed": -1, "nfe": 0,
+    floor = ("real-subset", None, {"kind": "data", "divergence": "", "estimator": "", "gan": "", "seed": -1, "nfe": 0,
                                    "status": "ok", "wall_time_s": 0.0})
     rows, curves = [], []
     sets = sample_sets(samples_dir, teacher_dir, runs_dir)
@@ -113,6 +115,9 @@ def evaluate_stage(cfg: DigitsConfig, params: dict, teacher_dir: Path, classifie
     tables.write_table(_table(frame), out_dir / "table",
                        f"{cfg.dataset}: one-step students vs the teacher's Heun sampler (FID on {n_fid} images)",
                        f"tab:{cfg.dataset}")
+    tables.write_table(summary_table(frame), out_dir / "summary",
+                       f"{cfg.dataset}: classifier FD of each setting over its seeds (mean ± 95% interval), "
+                       "beside the teacher and the floor of two sets of real images", f"tab:{cfg.dataset}-summary")
     pd.DataFrame(curves).to_csv(out_dir / "curves.csv", index=False)
     meta = {"inception": weights.describe(), "classifier_test_accuracy": clf_info["test_accuracy"],
             "fid_protocol": f"clean-fid 'clean' resize, FID-Inception pool features, {n_fid} images per set "
@@ -161,11 +166,26 @@ def _figures(frame: pd.DataFrame, curves: pd.DataFrame, sets: list[tuple[str, Pa
     plt.close(fig)
 
 
+def summary_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """One row per setting (kind, divergence, estimator, GAN): the classifier FD over its seeds as mean ± 95%
+    interval, its seeds, and its best and worst seed; the teacher and the real-image floor first."""
+    rows = []
+    for key, group in frame.groupby(["kind", "divergence", "estimator", "gan"], sort=False):
+        mean, half = tables.mean_interval(group.classifier_fd)
+        rows.append({"model": "real images (floor)" if key[0] == "data" else "teacher" if key[0] == "teacher" else
+                     key[0] if key[0] != "uni-instruct" else f"Uni-Instruct {key[1].upper()}",
+                     "estimator": key[2], "GAN": key[3], "NFE": int(group.nfe.iloc[0]), "seeds": len(group),
+                     "classifier FD": tables.format_interval(group.classifier_fd), "mean": round(mean, 3),
+                     "95% half-width": round(half, 3), "best": round(float(group.classifier_fd.min()), 3),
+                     "worst": round(float(group.classifier_fd.max()), 3)})
+    return pd.DataFrame(rows)
+
+
 def _table(frame: pd.DataFrame) -> pd.DataFrame:
-    out = frame[["run", "divergence", "estimator", "seed", "nfe", "status", "fid", "fid_images", "classifier_fd",
-                 "classifier_images", "class_min_ratio", "confidence", "wall_time_s"]].copy()
-    out.columns = ["run", "divergence", "estimator", "seed", "NFE", "status", "FID", "FID images", "classifier FD",
-                   "cFD images", "rarest class ratio", "confidence", "wall time (s)"]
+    out = frame[["run", "divergence", "estimator", "gan", "seed", "nfe", "status", "fid", "fid_images",
+                 "classifier_fd", "classifier_images", "class_min_ratio", "confidence", "wall_time_s"]].copy()
+    out.columns = ["run", "divergence", "estimator", "GAN", "seed", "NFE", "status", "FID", "FID images",
+                   "classifier FD", "cFD images", "rarest class ratio", "confidence", "wall time (s)"]
     for col in ["FID", "classifier FD", "rarest class ratio", "confidence"]:
         out[col] = out[col].map(lambda v: float(np.round(v, 3)))
     return out

@@ -10,7 +10,6 @@ the recipe on wider networks, trained longer, on seeds that tuned nothing (:clas
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import math
@@ -257,8 +256,8 @@ def build_distiller(cfg: ToyConfig, dcfgs: DistillConfig | list[DistillConfig], 
     teacher's weights; the losses use ``loss_teacher``."""
     mixture, dcfgs = benchmark(cfg.benchmark), dcfgs if isinstance(dcfgs, list) else [dcfgs]
     init = load_mlp_teacher(cfg, teacher_dir).state_dict()
-    stacked = checkpoint.stack_members([init] * len(dcfgs), {"backbone.noise.freqs"})
     fake, gen = (toy_denoiser(2, cfg.hidden, cfg.depth, data_std(mixture), len(dcfgs)) for _ in range(2))
+    stacked = checkpoint.stack_members([init] * len(dcfgs), checkpoint.buffer_names(gen))
     fake.load_state_dict(stacked), gen.load_state_dict(stacked)
     return Distiller(dcfgs, loss_teacher(cfg, teacher_dir), fake, gen, real_sampler(mixture), data_std(mixture))
 

@@ -74,6 +74,11 @@ def split_members(state: dict, members: int, shared: set[str]) -> list[dict]:
     return [{k: v if k in shared else v[r:r + 1].clone() for k, v in state.items()} for r in range(members)]
 
 
+def buffer_names(net: torch.nn.Module) -> set[str]:
+    """The state-dict keys of a module's buffers: constants that stacked members share (not stacked)."""
+    return {name for name, _ in net.named_buffers()}
+
+
 def stack_members(states: list[dict], shared: set[str]) -> dict:
     """The inverse of :func:`split_members`: one-member state dicts concatenated along the member dimension."""
     return {k: states[0][k] if k in shared else torch.cat([s[k] for s in states]) for k in states[0]}

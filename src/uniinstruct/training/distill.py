@@ -364,8 +364,7 @@ class Distiller:
         # finite gradients whose squares overflow Adam's moments show up as an infinite norm (per member: the
         # parameters of several runs are stacked along their first dimension)
         count = len(self.members)
-        self._guard(nn.utils.get_total_norm(grads) if count == 1 else
-                    sum(g.reshape(count, -1).pow(2).sum(1) for g in grads).sqrt(), "generator gradient norm")
+        self._guard(sum(g.reshape(count, -1).pow(2).sum(1) for g in grads).sqrt(), "generator gradient norm")
         self.opt_g.step()
         return logs
 
@@ -434,7 +433,7 @@ class Distiller:
         def split(state: dict, shared: set[str]) -> list[dict]:
             return [state] if count == 1 else checkpoint.split_members(state, count, shared)
 
-        nets = {key: split(net.state_dict(), {name for name, _ in net.named_buffers()})
+        nets = {key: split(net.state_dict(), checkpoint.buffer_names(net))
                 for key, net in (("generator", self.G), ("generator_ema", self.G_ema), ("fake", self.fake))}
         opts = {key: checkpoint.split_optimizer(opt.state_dict(), count)
                 for key, opt in (("opt_fake", self.opt_fake), ("opt_g", self.opt_g))}
@@ -455,21 +454,18 @@ class Distiller:
 
     def load_state_dicts(self, states: list[dict]) -> None:
         """Each member's state (from :meth:`state_dicts`, or from runs trained alone at the same iteration)."""
-        for member, state in zip(self.members, states, strict=True):
-            changed = self._changed_settings(member, state)
-            if changed:
-                raise ValueError(f"the checkpoint was written with other settings ({', '.join(sorted(changed))}); "
-                                 "restore them, or delete the checkpoint to start afresh")
-        if len({(s["iteration"], s["cur_nimg"]) for s in states}) > 1:
-            raise ValueError("the runs' checkpoints are at different iterations: they cannot train together")
+        reason = self._refusal(states, code=False)
+        if reason:
+            raise ValueError(f"{reason}; restore the settings they were written with, or delete them to start afresh")
 
-        def stack(key: str, shared: set[str]) -> dict:
-            return states[0][key] if len(states) == 1 else checkpoint.stack_members([s[key] for s in states], shared)
+        def stack(key: str, net: nn.Module) -> dict:
+            parts = [s[key] for s in states]
+            return parts[0] if len(parts) == 1 else checkpoint.stack_members(parts, checkpoint.buffer_names(net))
 
         self.iteration, self.cur_nimg = states[0]["iteration"], states[0]["cur_nimg"]
         self.histories = [s["history"] for s in states]
         for key, net in (("generator", self.G), ("generator_ema", self.G_ema), ("fake", self.fake)):
-            net.load_state_dict(stack(key, {name for name, _ in net.named_buffers()}))
+            net.load_state_dict(stack(key, net))
         for key, opt in (("opt_fake", self.opt_fake), ("opt_g", self.opt_g)):
             opt.load_state_dict(checkpoint.stack_optimizer([s[key] for s in states]))
         for rng, state in zip(self.rngs, states):
@@ -482,13 +478,16 @@ class Distiller:
     def stale(self, states: list[dict]) -> str:
         """Why the members' checkpoints cannot be resumed by this Distiller ("" when they can): other code, other
         settings than those a resume may change, or different iterations."""
+        return self._refusal(states)
+
+    def _refusal(self, states: list[dict], code: bool = True) -> str:
         for member, state in zip(self.members, states, strict=True):
-            if state.get("source") != provenance.source_digest():
+            if code and state.get("source") != provenance.source_digest():
                 return "it was written by other code"
             changed = self._changed_settings(member, state)
             if changed:
-                return f"it was written with other settings ({', '.join(sorted(changed))})"
-        if len({s["iteration"] for s in states}) > 1:
+                return f"the checkpoint was written with other settings ({', '.join(sorted(changed))})"
+        if len({(s["iteration"], s["cur_nimg"]) for s in states}) > 1:
             return "the runs trained together have checkpoints at different iterations"
         return ""
 
