@@ -221,6 +221,18 @@ def test_cli_stages_end_to_end(tmp_path, tiny_digits_params):
     bad = subprocess.run(cli + ["distill", "--divergence", "kl"] + flags("distill"), env=ENV, capture_output=True, text=True,
                          cwd=tmp_path)
     assert bad.returncode == 2 and "unknown divergence 'kl'" in bad.stderr
+    from uniinstruct.config import load_section
+    from uniinstruct.pipelines import digits_evaluate
+
+    cfg = load_section(DigitsConfig, "digits", tiny_digits_params)     # fid.num_images 0: the same scores, no FID
+    cfg.fid.num_images = 0
+    rows = digits_evaluate.evaluate_stage(cfg, {}, tmp_path / "teacher", tmp_path / "clf", tmp_path / "runs",
+                                          tmp_path / "samples", tmp_path / "no-fid", tmp_path / "no-fid.json",
+                                          progress=False)
+    # the models' scores are the same; the real subset (the floor) is drawn past the FID reference images, so it moves
+    assert [r["classifier_fd"] for r in rows][1:] == [r["classifier_fd"] for r in metrics["rows"]][1:]
+    assert all(r["fid"] is None for r in rows) and "FID" not in (tmp_path / "no-fid" / "table.md").read_text()
+    assert "teacher_fid" not in json.loads((tmp_path / "no-fid.json").read_text())
 
 
 def test_conditional_teacher_stage_and_labels(tmp_path, tiny_digits_params):

@@ -239,3 +239,18 @@ def test_mean_interval_against_t_table():
     assert format_interval([1.0, 2.0, 3.0]) == "2 ± 2.5"
     with pytest.raises(ValueError):
         mean_interval([])
+
+
+def test_welch_interval_against_the_satterthwaite_formula():
+    """[1, 2, 3] vs [4, 6, 8, 10]: standard errors² 1/3 and 20/3/4, Satterthwaite df = 2² / ((1/3)²/2 + (5/3)²/3)."""
+    from scipy import stats
+
+    from uniinstruct.tables import welch_interval
+
+    se2 = 1 / 3 + 5 / 3
+    df = se2**2 / ((1 / 3) ** 2 / 2 + (5 / 3) ** 2 / 3)
+    half = stats.t.ppf(0.975, df) * math.sqrt(se2)
+    diff, low, high = welch_interval([1.0, 2.0, 3.0], [4.0, 6.0, 8.0, 10.0])
+    assert diff == -5.0 and df == pytest.approx(4.0755, abs=1e-4)
+    assert (low, high) == pytest.approx((-5.0 - half, -5.0 + half), rel=1e-9)
+    assert math.isnan(welch_interval([1.0], [2.0, 3.0])[1])

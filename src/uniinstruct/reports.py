@@ -134,14 +134,13 @@ def _toy_cells(means: dict[str, dict], divergence: str | None) -> dict:
                             f"{m['mode_min_ratio']:.2f}")))
 
 
-def _digits_cells(digits: dict, divergence: str) -> dict:
+def _digits_cells(digits: dict, divergence: str | None, gan: str = "yes") -> dict:
+    """The mean classifier FD of the digits runs of one divergence with (``gan`` "yes") or without the GAN term."""
     rows = [r for r in digits["rows"] if r["kind"] == "uni-instruct" and r["divergence"] == divergence
-            and r["estimator"] == "exact" and r["status"] == "ok"]
+            and r["estimator"] == "exact" and r["gan"] == gan and r["status"] == "ok"]
     if not rows:
-        return {"digits FID (ours)": NOT_RUN, "digits classifier FD (ours)": NOT_RUN}
-    fid = sum(r["fid"] for r in rows) / len(rows)
-    cfd = sum(r["classifier_fd"] for r in rows) / len(rows)
-    return {"digits FID (ours)": f"{fid:.1f}", "digits classifier FD (ours)": f"{cfd:.2f}"}
+        return {"digits classifier FD (ours)": NOT_RUN}
+    return {"digits classifier FD (ours)": f"{sum(r['classifier_fd'] for r in rows) / len(rows):.2f}"}
 
 
 def divergence_ablation(results_dir: str | Path, toy: dict, digits: dict) -> pd.DataFrame:
@@ -152,7 +151,6 @@ def divergence_ablation(results_dir: str | Path, toy: dict, digits: dict) -> pd.
     that the paper did not get rows of their own.
     """
     toy_gan = "yes" if toy["provenance"]["params"]["distill"]["use_gan"] else "no"
-    digits_gan = "yes" if digits["provenance"]["params"]["distill"]["use_gan"] else "no"
     cifar = {(r["divergence"], "yes" if r["provenance"]["params"]["distill"]["use_gan"] else "no"): r
              for r in paper_runs(results_dir) if r["profile"] == "cifar10-uncond"}
     toy_means = {"yes": _toy_means(toy, gan=True), "no": _toy_means(toy, gan=False)}
@@ -163,15 +161,15 @@ def divergence_ablation(results_dir: str | Path, toy: dict, digits: dict) -> pd.
         run = cifar.pop((key, p["gan"]), None) if p["sid_init"] == "no" else None
         row = {"divergence": p["divergence"], "SiD init": p["sid_init"], "GAN": p["gan"],
                "CIFAR-10 FID (paper)": p["fid"], "CIFAR-10 FID (ours)": f"{run['min']:.2f}" if run else NOT_RUN}
-        row.update(_digits_cells(digits, key) if key and p["sid_init"] == "no" and p["gan"] == digits_gan
-                   else _digits_cells(digits, None))
+        row.update(_digits_cells(digits, key if p["sid_init"] == "no" else None, p["gan"]))
         row.update(_toy_cells(toy_means[p["gan"]], key if p["sid_init"] == "no" else None))
         rows.append({**row, "paper source": p["source"]})
     extra = sorted((set(toy_means[toy_gan]) | {k for k, _ in cifar}) - seen)
     for key in extra:
         run = cifar.get((key, toy_gan))
         rows.append({"divergence": label(key), "SiD init": "no", "GAN": toy_gan, "CIFAR-10 FID (paper)": NOT_IN_PAPER,
-                     "CIFAR-10 FID (ours)": f"{run['min']:.2f}" if run else NOT_RUN, **_digits_cells(digits, key),
+                     "CIFAR-10 FID (ours)": f"{run['min']:.2f}" if run else NOT_RUN,
+                     **_digits_cells(digits, key, toy_gan),
                      **_toy_cells(toy_means[toy_gan], key), "paper source": ""})
     return pd.DataFrame(rows)
 
@@ -199,8 +197,8 @@ def teacher_vs_student(results_dir: str | Path, toy: dict, digits: dict) -> pd.D
                      "student value": f"{mine['min']:.2f}" if mine else NOT_RUN})
     teacher = next(r for r in digits["rows"] if r["kind"] == "teacher")
     students = [r for r in digits["rows"] if r["kind"] == "uni-instruct" and r["status"] == "ok"]
-    for key, metric, fmt in (("fid", f"FID ↓ ({teacher['fid_images']} images)", ".1f"),
-                             ("classifier_fd", "classifier FD ↓", ".2f")):
+    metrics = [("fid", f"FID ↓ ({teacher['fid_images']} images)", ".1f")] if teacher["fid"] is not None else []
+    for key, metric, fmt in metrics + [("classifier_fd", "classifier FD ↓", ".2f")]:
         best = _best(students, key)
         rows.append({"tier": "digits (CPU)", "dataset": "digits 8×8", "metric": metric, "source": "ours",
                      "teacher": "EDM-style UNet, Heun", "teacher NFE": str(teacher["nfe"]),
@@ -238,9 +236,13 @@ def status_table(results_dir: str | Path, toy: dict, digits: dict) -> pd.DataFra
     hw = describe_hardware(digits["provenance"]["hardware"])
     for r in digits["rows"]:
         if r["kind"] == "uni-instruct":
-            rows.append({"method": _model_name(r["divergence"], f"seed {r['seed']}"), "dataset": "digits 8×8",
-                         "metric": f"FID ↓ ({r['fid_images']} images) / classifier FD ↓", "paper": NOT_IN_PAPER,
-                         "ours": f"{r['fid']:.1f} / {r['classifier_fd']:.2f}" if r["status"] == "ok" else NOT_RUN,
+            setting = f"seed {r['seed']}" + ("" if r["gan"] == "yes" else ", no GAN")
+            fid = r["fid"] is not None
+            rows.append({"method": _model_name(r["divergence"], setting), "dataset": "digits 8×8",
+                         "metric": (f"FID ↓ ({r['fid_images']} images) / " if fid else "") + "classifier FD ↓",
+                         "paper": NOT_IN_PAPER,
+                         "ours": ((f"{r['fid']:.1f} / " if fid else "") + f"{r['classifier_fd']:.2f}"
+                                  if r["status"] == "ok" else NOT_RUN),
                          "hardware": hw, "status": f"{r['status']} (CPU tier)"})
     hw = describe_hardware(toy["provenance"]["hardware"])
     benchmark = toy["provenance"]["params"]["benchmark"]

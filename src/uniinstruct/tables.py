@@ -31,6 +31,17 @@ def mean_interval(values, level: float = 0.95) -> tuple[float, float]:
     return float(x.mean()), float(half)
 
 
+def welch_interval(a, b, level: float = 0.95) -> tuple[float, float, float]:
+    """mean(a) − mean(b) and its Welch ``level`` interval (unequal variances, Satterthwaite's degrees of freedom);
+    the bounds are NaN when either side has fewer than two values."""
+    x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    diff = float(x.mean() - y.mean())
+    if min(x.size, y.size) < 2:
+        return diff, float("nan"), float("nan")
+    low, high = stats.ttest_ind(x, y, equal_var=False).confidence_interval(level)
+    return diff, float(low), float(high)
+
+
 def format_interval(values, digits: int = 3) -> str:
     """``mean ± half-width`` of the 95% interval over seeds (just the mean for one seed)."""
     mean, half = mean_interval(values)

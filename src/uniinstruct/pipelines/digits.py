@@ -57,11 +57,12 @@ class TeacherTrainConfig:
 @dataclass
 class FIDConfig:
     inception: str = "auto"     # auto | packaged | a path to the official inception-2015-12-05.pt
-    num_images: int = 200       # images per set for FID-Inception (the real set: a seeded subset)
+    num_images: int = 200       # images per set for FID-Inception (the real set: a seeded subset); 0 = no FID
     batch: int = 50
 
     def check(self):
-        return positive(num_images=self.num_images, batch=self.batch)
+        problems = positive(batch=self.batch)
+        return problems + ([("num_images", f"must be ≥ 0, got {self.num_images}")] if self.num_images < 0 else [])
 
 
 @dataclass

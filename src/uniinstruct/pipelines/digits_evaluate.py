@@ -5,7 +5,7 @@ a subset of real images (``real-subset``, as many as a model's samples), whose s
 noise sets: for FID its images are disjoint from the reference ones; for the classifier FD they are part of the
 reference (all real images), which makes that floor optimistic.
 * ``fid``: clean-fid's FID with the FID-Inception network on ``fid.num_images`` images per set (the real set is a
-  seeded subset). Small sets bias FID upwards: compare sets of the same size only;
+  seeded subset; 0 = not computed). Small sets bias FID upwards: compare sets of the same size only;
 * ``classifier_fd``: the Fréchet distance in the classifier's feature space, all samples against all real images;
 * ``class_min_ratio``: the rarest predicted class's share over the mean share (1 = balanced, 0 = a class is missing),
   and ``confidence``: the classifier's mean top probability (how recognisable the samples are).
@@ -87,8 +87,8 @@ def evaluate_stage(cfg: DigitsConfig, params: dict, teacher_dir: Path, classifie
     data = load_dataset(cfg)
     clf = load_classifier(cfg, classifier_dir)
     clf_info = json.loads((classifier_dir / "classifier.json").read_text())
-    weights = fid.find_weights(cfg.fid.inception)
     n_fid = min(cfg.fid.num_images, len(data.images) // 2)
+    weights = fid.find_weights(cfg.fid.inception) if n_fid else None
     perm = torch.randperm(len(data.images), generator=torch.Generator().manual_seed(0))
     real_clf = classifier_features(clf, data.images)
     floor = ("real-subset", None, {"kind": "data", "divergence": "", "estimator": "", "gan": "", "seed": -1, "nfe": 0,
@@ -98,9 +98,11 @@ def evaluate_stage(cfg: DigitsConfig, params: dict, teacher_dir: Path, classifie
     xs = [data.images[perm[n_fid:n_fid + cfg.n_samples]] if path is None else
           checkpoint.load(path).clamp(-1, 1) for _, path, _ in [floor, *sets]]
     real_inception, *inception = fid.inception_features_of_sets(
-        [to_uint8(data.images[perm[:n_fid]])] + [to_uint8(x[:n_fid]) for x in xs], weights, cfg.fid.batch, workers)
+        [to_uint8(data.images[perm[:n_fid]])] + [to_uint8(x[:n_fid]) for x in xs], weights, cfg.fid.batch,
+        workers) if n_fid else [None] * (len(xs) + 1)
     for (name, _, info), x, feats in zip([floor, *sets], xs, inception):
-        rows.append({"run": name, **info, "fid": fid.frechet_distance(feats, real_inception), "fid_images": n_fid,
+        rows.append({"run": name, **info, "fid_images": n_fid,
+                     "fid": fid.frechet_distance(feats, real_inception) if n_fid else None,
                      "classifier_fd": fid.frechet_distance(classifier_features(clf, x), real_clf),
                      "classifier_images": len(x), **class_balance(clf, x)})
         if info["kind"] not in ("teacher", "data"):
@@ -113,24 +115,36 @@ def evaluate_stage(cfg: DigitsConfig, params: dict, teacher_dir: Path, classifie
     frame = pd.DataFrame(rows)
     _figures(frame, pd.DataFrame(curves), sets, figures)
     tables.write_table(_table(frame), out_dir / "table",
-                       f"{cfg.dataset}: one-step students vs the teacher's Heun sampler (FID on {n_fid} images)",
-                       f"tab:{cfg.dataset}")
-    tables.write_table(summary_table(frame), out_dir / "summary",
+                       f"{cfg.dataset}: one-step students vs the teacher's Heun sampler"
+                       + (f" (FID on {n_fid} images)" if n_fid else ""), f"tab:{cfg.dataset}")
+    tables.write_table(summary_table(frame[frame.status == "ok"]), out_dir / "summary",
                        f"{cfg.dataset}: classifier FD of each setting over its seeds (mean ± 95% interval), "
                        "beside the teacher and the floor of two sets of real images", f"tab:{cfg.dataset}-summary")
     pd.DataFrame(curves).to_csv(out_dir / "curves.csv", index=False)
-    meta = {"inception": weights.describe(), "classifier_test_accuracy": clf_info["test_accuracy"],
+    meta = {"inception": weights.describe() if weights else None,
+            "classifier_test_accuracy": clf_info["test_accuracy"],
             "fid_protocol": f"clean-fid 'clean' resize, FID-Inception pool features, {n_fid} images per set "
-                            f"(real: a seeded subset of {cfg.dataset}); not comparable with 50k-sample FIDs"}
+                            f"(real: a seeded subset of {cfg.dataset}); not comparable with 50k-sample FIDs"
+                            if n_fid else "not computed (digits.fid.num_images: 0)"}
     provenance.write_json(out_dir / "metrics.json",
                           {"rows": rows, **meta, "provenance": provenance.record(params, started)})
     students, teacher, real = (frame[~frame.kind.isin(["teacher", "data"])], frame[frame.kind == "teacher"].iloc[0],
                                frame[frame.kind == "data"].iloc[0])
-    summary = {"teacher_fid": float(teacher.fid), "teacher_classifier_fd": float(teacher.classifier_fd),
-               "real_subset_fid": float(real.fid), "real_subset_classifier_fd": float(real.classifier_fd),
-               "best_student_fid": float(students.fid.min()) if len(students) else None,
+    settings = summary_table(students[students.status == "ok"])
+    best = settings.loc[settings["mean"].idxmin()] if len(settings) else None
+    summary = {"teacher_classifier_fd": float(teacher.classifier_fd),
+               "real_subset_classifier_fd": float(real.classifier_fd),
                "best_student_classifier_fd": float(students.classifier_fd.min()) if len(students) else None,
-               "classifier_test_accuracy": clf_info["test_accuracy"], "inception_sha256": weights.sha256}
+               "best_setting": f"{best.model}, GAN {best.GAN}" if best is not None else None,
+               "best_setting_classifier_fd": float(best["mean"]) if best is not None else None,
+               "best_setting_half_width": (None if best is None or np.isnan(best["95% half-width"])
+                                           else float(best["95% half-width"])),
+               "classifier_test_accuracy": clf_info["test_accuracy"]}
+    summary["gan_effect"] = gan_effect(students[students.status == "ok"])
+    if n_fid:
+        summary.update({"teacher_fid": float(teacher.fid), "real_subset_fid": float(real.fid),
+                        "best_student_fid": float(students.fid.min()) if len(students) else None,
+                        "inception_sha256": weights.sha256})
     provenance.write_json(metrics_path, summary)
     return rows
 
@@ -146,7 +160,8 @@ def _figures(frame: pd.DataFrame, curves: pd.DataFrame, sets: list[tuple[str, Pa
     for ax, (name, path, _) in zip(axes[0], sets):
         ax.imshow(plt.imread(path.with_suffix(".png")), cmap="gray")
         row = frame[frame.run == name].iloc[0]
-        ax.set_title(f"{name}\nNFE {row.nfe}, FID {row.fid:.1f}, cFD {row.classifier_fd:.2f}", fontsize=8)
+        fid_text = "" if row.fid is None or pd.isna(row.fid) else f"FID {row.fid:.1f}, "
+        ax.set_title(f"{name}\nNFE {row.nfe}, {fid_text}cFD {row.classifier_fd:.2f}", fontsize=8)
         ax.axis("off")
     fig.tight_layout()
     fig.savefig(out / "samples.png", dpi=100, bbox_inches="tight")
@@ -181,11 +196,26 @@ def summary_table(frame: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def gan_effect(students: pd.DataFrame) -> dict[str, dict[str, float]]:
+    """For each divergence run with and without the GAN term: the difference of their mean classifier FDs (GAN on
+    minus off) and its 95% Welch interval over seeds."""
+    out = {}
+    for divergence, group in students[students.kind == "uni-instruct"].groupby("divergence"):
+        on, off = group[group.gan == "yes"].classifier_fd, group[group.gan == "no"].classifier_fd
+        if len(on) and len(off):
+            diff, low, high = tables.welch_interval(on, off)
+            out[divergence] = {"difference": diff, "low": None if np.isnan(low) else low,
+                               "high": None if np.isnan(high) else high, "seeds_on": len(on), "seeds_off": len(off)}
+    return out
+
+
 def _table(frame: pd.DataFrame) -> pd.DataFrame:
     out = frame[["run", "divergence", "estimator", "gan", "seed", "nfe", "status", "fid", "fid_images",
                  "classifier_fd", "classifier_images", "class_min_ratio", "confidence", "wall_time_s"]].copy()
     out.columns = ["run", "divergence", "estimator", "GAN", "seed", "NFE", "status", "FID", "FID images",
                    "classifier FD", "cFD images", "rarest class ratio", "confidence", "wall time (s)"]
-    for col in ["FID", "classifier FD", "rarest class ratio", "confidence"]:
+    if out["FID"].isna().all():
+        out = out.drop(columns=["FID", "FID images"])
+    for col in [c for c in ("FID", "classifier FD", "rarest class ratio", "confidence") if c in out]:
         out[col] = out[col].map(lambda v: float(np.round(v, 3)))
     return out

@@ -1,0 +1,85 @@
+"""The classifier FD of one digits student along its training: how many iterations a recipe needs.
+
+Trains one Uni-Instruct run on the digits tier's teacher (``results/digits/teacher``, scored with
+``results/digits/classifier``: run ``dvc repro digits_classifier`` first) with ``digits.distill`` from params.yaml
+and the overrides given, and prints the classifier FD of G_ema (and of G) on 1,000 fixed latents every ``--every``
+iterations. Nothing is saved unless ``--json`` names a file.
+
+    python benchmarks/digits_curve.py --iterations 2000 --every 200 --set seed=0 divergence=jkl
+
+The digits recipe in params.yaml was chosen with this script on seed 0 (README, "What the digits tier shows").
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+import yaml
+
+from uniinstruct.config import ConfigError, from_dict, load_section
+from uniinstruct.images import fid
+from uniinstruct.images.classifier import classifier_features
+from uniinstruct.pipelines.digits import DigitsConfig, build_distiller, load_dataset
+from uniinstruct.pipelines.digits_evaluate import load_classifier
+from uniinstruct.training.distill import DistillConfig
+
+
+def parse_value(text: str):
+    """A command-line value: a number (``1e-3`` included, which YAML reads as a string), else YAML."""
+    try:
+        return float(text) if any(c in text for c in ".eE") and not text.isalpha() else int(text)
+    except ValueError:
+        return yaml.safe_load(text)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--iterations", type=int, default=2000)
+    parser.add_argument("--every", type=int, default=200, help="iterations between two scores")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="overrides of digits.distill (YAML values), e.g. lr=1e-3 use_gan=false")
+    parser.add_argument("--teacher-dir", default="results/digits/teacher")
+    parser.add_argument("--classifier-dir", default="results/digits/classifier")
+    parser.add_argument("--json", default=None, help="write the curve here")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    cfg = load_section(DigitsConfig, "digits")
+    overrides = {k: parse_value(v) for k, v in (item.split("=", 1) for item in args.set)}
+    try:
+        dcfg = from_dict(DistillConfig, {**asdict(cfg.distill), **overrides, "iterations": args.iterations},
+                         "digits.distill")
+    except ConfigError as err:
+        parser.error(str(err))
+    data = load_dataset(cfg)
+    classifier = load_classifier(cfg, Path(args.classifier_dir))
+    real = classifier_features(classifier, data.images)
+    distiller = build_distiller(cfg, dcfg, data, Path(args.teacher_dir))
+    z = torch.randn(1000, *data.shape, generator=torch.Generator().manual_seed(10_000))
+
+    def classifier_fd(net: torch.nn.Module) -> float:
+        with torch.no_grad():
+            x = distiller.generate(z, net).clamp(-1, 1)
+        return fid.frechet_distance(classifier_features(classifier, x), real)
+
+    started, curve = time.perf_counter(), []
+    print(f"{'iteration':>9s} {'images':>8s} {'cFD G_ema':>9s} {'cFD G':>7s} {'s':>6s}")
+    while distiller.iteration < args.iterations:
+        distiller.step()
+        if distiller.iteration % args.every == 0 or distiller.iteration == args.iterations:
+            point = {"iteration": distiller.iteration, "images": distiller.cur_nimg,
+                     "classifier_fd_ema": classifier_fd(distiller.G_ema), "classifier_fd": classifier_fd(distiller.G),
+                     "seconds": time.perf_counter() - started}
+            curve.append(point)
+            print(f"{point['iteration']:9d} {point['images']:8d} {point['classifier_fd_ema']:9.2f} "
+                  f"{point['classifier_fd']:7.2f} {point['seconds']:6.0f}", flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"overrides": overrides, "curve": curve}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
