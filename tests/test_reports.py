@@ -129,7 +129,10 @@ def test_teacher_vs_student_takes_each_tiers_best_student(tmp_path):
     digits = table[table.tier == "digits (CPU)"].set_index("metric")
     students = [r for r in DIGITS["rows"] if r["kind"] == "uni-instruct"]
     fd = digits.loc["classifier FD ↓"]
-    assert fd["student value"] == f"{min(r['classifier_fd'] for r in students):.2f}"
+    by_setting = {}
+    for r in students:
+        by_setting.setdefault((r["divergence"], r["gan"]), []).append(r["classifier_fd"])
+    assert fd["student value"] == f"{min(sum(v) / len(v) for v in by_setting.values()):.2f}"
     assert fd["teacher value"] == f"{next(r for r in DIGITS['rows'] if r['kind'] == 'teacher')['classifier_fd']:.2f}"
 
 

@@ -137,7 +137,7 @@ def evaluate_stage(cfg: DigitsConfig, params: dict, teacher_dir: Path, classifie
                "best_student_classifier_fd": float(students.classifier_fd.min()) if len(students) else None,
                "best_setting": f"{best.model}, GAN {best.GAN}" if best is not None else None,
                "best_setting_classifier_fd": float(best["mean"]) if best is not None else None,
-               "best_setting_half_width": (None if best is None or np.isnan(best["95% half-width"])
+               "best_setting_half_width": (None if best is None or best["95% half-width"] == ""
                                            else float(best["95% half-width"])),
                "classifier_test_accuracy": clf_info["test_accuracy"]}
     summary["gan_effect"] = gan_effect(students[students.status == "ok"])
@@ -191,7 +191,8 @@ def summary_table(frame: pd.DataFrame) -> pd.DataFrame:
                      key[0] if key[0] != "uni-instruct" else f"Uni-Instruct {key[1].upper()}",
                      "estimator": key[2], "GAN": key[3], "NFE": int(group.nfe.iloc[0]), "seeds": len(group),
                      "classifier FD": tables.format_interval(group.classifier_fd), "mean": round(mean, 3),
-                     "95% half-width": round(half, 3), "best": round(float(group.classifier_fd.min()), 3),
+                     "95% half-width": "" if np.isnan(half) else round(half, 3),
+                     "best": round(float(group.classifier_fd.min()), 3),
                      "worst": round(float(group.classifier_fd.max()), 3)})
     return pd.DataFrame(rows)
 
