@@ -30,11 +30,14 @@ from uniinstruct.training.distill import DistillConfig
 
 
 def parse_value(text: str):
-    """A command-line value: a number (``1e-3`` included, which YAML reads as a string), else YAML."""
-    try:
-        return float(text) if any(c in text for c in ".eE") and not text.isalpha() else int(text)
-    except ValueError:
-        return yaml.safe_load(text)
+    """A command-line value as YAML reads it, and a number where YAML 1.1 leaves one as a string (``1e-3``)."""
+    value = yaml.safe_load(text)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    return value
 
 
 def main() -> None:
@@ -49,6 +52,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     cfg = load_section(DigitsConfig, "digits")
+    if any("=" not in item for item in args.set):
+        parser.error(f"--set expects KEY=VALUE items, got {args.set}")
     overrides = {k: parse_value(v) for k, v in (item.split("=", 1) for item in args.set)}
     try:
         dcfg = from_dict(DistillConfig, {**asdict(cfg.distill), **overrides, "iterations": args.iterations},
