@@ -121,14 +121,28 @@ def test_write_json_is_atomic_and_records_provenance(tmp_path):
     started = time.perf_counter()
     target = tmp_path / "sub" / "result.json"
     provenance.write_json(target, {"value": 1.5, "provenance": provenance.record({"seed": 3}, started)})
-    data = json.loads(target.read_text())
+    data = provenance.read_json(target)
     assert data["value"] == 1.5
     prov = data["provenance"]
     assert prov["params"] == {"seed": 3}
     assert prov["libraries"]["torch"].startswith("2.13.0")
     assert set(prov["hardware"]) >= {"platform", "cpu_count", "torch_threads"}
     assert prov["wall_time_s"] >= 0 and "commit" in prov["code_version"]
-    assert [p.name for p in target.parent.iterdir()] == ["result.json"]      # no temporary left behind
+    # no temporary left behind; the volatile fields in their sidecar, the rest in the result
+    assert sorted(p.name for p in target.parent.iterdir()) == ["result.json", "result.volatile.json"]
+    stable = json.loads(target.read_text())["provenance"]
+    assert set(stable) == {"params", "libraries"} and set(provenance.VOLATILE) <= set(prov)
+
+
+def test_a_result_written_twice_is_byte_identical(tmp_path):
+    """Two writes of one result at different times differ only in the sidecar (what other stages must not hash)."""
+    target = tmp_path / "result.json"
+    provenance.write_json(target, {"value": 1, "provenance": provenance.record({"seed": 3}, time.perf_counter() - 5)})
+    first, first_side = target.read_bytes(), provenance.volatile_path(target).read_bytes()
+    provenance.write_json(target, {"value": 1, "provenance": provenance.record({"seed": 3}, time.perf_counter())})
+    assert target.read_bytes() == first and provenance.volatile_path(target).read_bytes() != first_side
+    provenance.volatile_path(target).unlink()                 # e.g. restored from the DVC cache without it
+    assert provenance.read_json(target)["provenance"] == json.loads(first)["provenance"]
 
 
 def test_write_json_failure_keeps_old_file(tmp_path):

@@ -12,7 +12,7 @@ import pytest
 import torch
 import yaml
 
-from uniinstruct import divergences
+from uniinstruct import divergences, provenance
 from uniinstruct.config import ConfigError, from_dict
 from uniinstruct.images.data import load
 from uniinstruct.networks import EDMPrecond, UNet
@@ -200,7 +200,7 @@ def test_cli_stages_end_to_end(tmp_path, tiny_digits_params):
                   ["distill", "--divergence", "js", "--estimator", "official"], ["sample"], ["evaluate"]):
         run = subprocess.run(cli + stage + flags(stage[0]), env=ENV, capture_output=True, text=True, cwd=tmp_path)
         assert run.returncode == 0, run.stderr[-3000:]
-    teacher = json.loads((tmp_path / "teacher" / "teacher.json").read_text())
+    teacher = provenance.read_json(tmp_path / "teacher" / "teacher.json")
     assert teacher["parameters"] > 0 and teacher["provenance"]["code_version"]["commit"]
     sets = json.loads((tmp_path / "samples" / "samples.json").read_text())["sets"]
     assert [(s["name"], s["nfe"], s["n"]) for s in sets] == [("teacher-heun", 5, 30), ("ui-js-official-s0", 1, 30),

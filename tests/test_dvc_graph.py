@@ -216,6 +216,30 @@ def test_bytecode_cache_leaves_stages_up_to_date(tmp_path, ignore):
     assert (status == {}) == ignore, status
 
 
+@pytest.mark.parametrize("ignore", [True, False])
+def test_a_rerun_with_the_same_result_leaves_its_readers_up_to_date(tmp_path, ignore):
+    """A stage rerun that reproduces its result (new wall time, timestamp, commit) must not make the stages that read
+    the result stale: the volatile provenance lives in a sidecar that .dvcignore hides; the control without the
+    project's .dvcignore shows that it would."""
+    (tmp_path / "write.py").write_text(
+        f"import sys, time\nsys.path.insert(0, {str(ROOT / 'src')!r})\nfrom uniinstruct import provenance\n"
+        "provenance.write_json('a/result.json', {'value': 1, 'provenance': provenance.record({}, time.perf_counter())})\n")
+    (tmp_path / "dvc.yaml").write_text(
+        "stages:\n  a:\n    cmd: python write.py\n    outs: [a]\n"
+        "  b:\n    cmd: python -c \"import shutil; shutil.copy('a/result.json', 'b.json')\"\n"
+        "    deps: [a]\n    outs: [b.json]\n")
+    _dvc(tmp_path, "init", "--no-scm", "-q")
+    if ignore:
+        (tmp_path / ".dvcignore").write_text((ROOT / ".dvcignore").read_text())
+    _dvc(tmp_path, "repro", "-q")
+    before = (tmp_path / "a" / "result.volatile.json").read_text()
+    time.sleep(1.1)                                   # created_utc has one-second resolution
+    _dvc(tmp_path, "repro", "-q", "-f", "-s", "a")
+    assert (tmp_path / "a" / "result.volatile.json").read_text() != before, "nothing volatile changed: proves nothing"
+    status = json.loads(_dvc(tmp_path, "status", "--json"))
+    assert (status == {}) == ignore, status
+
+
 @pytest.mark.slow
 def test_a_killed_dvc_repro_resumes_its_runs(tmp_path, tiny_toy_params):
     """`dvc repro` killed with SIGKILL mid-run, then rerun, resumes the run from its checkpoint (runs/toy persists)

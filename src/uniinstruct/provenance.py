@@ -79,10 +79,19 @@ def record(params: Any, started: float) -> dict[str, Any]:
     }
 
 
-def write_json(path: str | Path, payload: Any) -> Path:
-    """Write JSON atomically (temporary file in the same folder, then rename)."""
+# What changes from run to run (or machine to machine) while the result does not: kept out of the result file, in
+# a sidecar ``<name>.volatile.json`` that .dvcignore hides from DVC, so a rerun that reproduces a result byte for
+# byte leaves the stages that depend on it up to date (``read_json`` puts the fields back).
+VOLATILE = ("code_version", "hardware", "wall_time_s", "created_utc")
+
+
+def volatile_path(path: str | Path) -> Path:
+    """The sidecar of ``path`` that holds its volatile provenance: ``run.json`` → ``run.volatile.json``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    return path.with_name(f"{path.stem}.volatile.json")
+
+
+def _write_atomic(path: Path, payload: Any) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as fh:
@@ -92,4 +101,27 @@ def write_json(path: str | Path, payload: Any) -> Path:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_json(path: str | Path, payload: Any) -> Path:
+    """Write JSON atomically (temporary file in the same folder, then rename); the ``VOLATILE`` fields of a
+    ``provenance`` block go to :func:`volatile_path` instead (written first: a result never lacks its sidecar)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    prov = payload.get("provenance") if isinstance(payload, dict) else None
+    if isinstance(prov, dict) and any(key in prov for key in VOLATILE):
+        _write_atomic(volatile_path(path), {key: prov[key] for key in VOLATILE if key in prov})
+        payload = {**payload, "provenance": {k: v for k, v in prov.items() if k not in VOLATILE}}
+    _write_atomic(path, payload)
     return path
+
+
+def read_json(path: str | Path) -> Any:
+    """A JSON result with its volatile provenance put back from the sidecar (absent fields stay absent: a sidecar
+    is not restored from the DVC cache)."""
+    path = Path(path)
+    data = json.loads(path.read_text())
+    side = volatile_path(path)
+    if isinstance(data, dict) and side.is_file():
+        data["provenance"] = {**data.get("provenance", {}), **json.loads(side.read_text())}
+    return data

@@ -8,7 +8,6 @@ have no run for says :data:`NOT_RUN`; nothing is ever filled with a placeholder 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pandas as pd
@@ -43,12 +42,12 @@ def describe_hardware(hw: dict) -> str:
 def paper_run_files(results_dir: str | Path) -> list[Path]:
     """The paper-tier result files a table read (for :func:`write_report`'s ``inputs``)."""
     folder = Path(results_dir)
-    return sorted(folder.glob("*.json")) if folder.is_dir() else []
+    return sorted(p for p in folder.glob("*.json") if not p.name.endswith(".volatile.json")) if folder.is_dir() else []
 
 
 def paper_runs(results_dir: str | Path) -> list[dict]:
     """Our paper-tier FID results (``<results_dir>/*.json``, written by ``uniinstruct paper fid``), sorted by name."""
-    return [json.loads(p.read_text()) for p in paper_run_files(results_dir)]
+    return [provenance.read_json(p) for p in paper_run_files(results_dir)]
 
 
 def run_status(run: dict) -> str:
@@ -67,7 +66,7 @@ def _ours(run: dict | None) -> dict:
         return {"FID (ours)": NOT_RUN, "FID trials (ours)": NOT_RUN, "hardware (ours)": "", "status (ours)": NOT_RUN}
     trials = f"{run['mean']:.2f} ± {run['std']:.2f} (n={len(run['fids'])})"
     return {"FID (ours)": f"{run['min']:.2f}", "FID trials (ours)": trials,
-            "hardware (ours)": describe_hardware(run["provenance"]["hardware"]), "status (ours)": run_status(run)}
+            "hardware (ours)": describe_hardware(run["provenance"].get("hardware", {})), "status (ours)": run_status(run)}
 
 
 def _model_name(divergence: str, setting: str = "F.S.") -> str:
@@ -238,7 +237,7 @@ def status_table(results_dir: str | Path, toy: dict, digits: dict) -> pd.DataFra
             rows.append({"method": p["model"], "dataset": dataset, "metric": "FID ↓ (50k, EDM protocol)",
                          "paper": p["fid"], "ours": ours["FID (ours)"], "hardware": ours["hardware (ours)"],
                          "status": ours["status (ours)"] if run else f"{NOT_RUN} (needs GPUs: paper tier)"})
-    hw = describe_hardware(digits["provenance"]["hardware"])
+    hw = describe_hardware(digits["provenance"].get("hardware", {}))
     for r in digits["rows"]:
         if r["kind"] == "uni-instruct":
             setting = f"seed {r['seed']}" + ("" if r["gan"] == "yes" else ", no GAN")
@@ -249,7 +248,7 @@ def status_table(results_dir: str | Path, toy: dict, digits: dict) -> pd.DataFra
                          "ours": ((f"{r['fid']:.1f} / " if fid else "") + f"{r['classifier_fd']:.2f}"
                                   if r["status"] == "ok" else NOT_RUN),
                          "hardware": hw, "status": f"{r['status']} (CPU tier)"})
-    hw = describe_hardware(toy["provenance"]["hardware"])
+    hw = describe_hardware(toy["provenance"].get("hardware", {}))
     benchmark = toy["provenance"]["params"]["benchmark"]
     for wide in (False, True):
         for d, m in _toy_means(toy, wide=wide).items():

@@ -51,15 +51,15 @@ def load_classifier(cfg: DigitsConfig, classifier_dir: Path) -> Classifier:
 def sample_sets(samples_dir: Path, teacher_dir: Path, runs_dir: Path) -> list[tuple[str, Path, dict]]:
     """(name, samples.pt, description) of the teacher's Heun samples and of every run's one-step samples."""
     index = {s["name"]: s for s in json.loads((samples_dir / "samples.json").read_text())["sets"]}
-    teacher = json.loads((teacher_dir / "teacher.json").read_text())
+    teacher = provenance.read_json(teacher_dir / "teacher.json")
     sets = [("teacher-heun", samples_dir / "teacher-heun.pt",
              {"kind": "teacher", "divergence": "", "estimator": "", "gan": "", "seed": -1,
               "nfe": index["teacher-heun"]["nfe"],
-              "status": "ok", "wall_time_s": teacher["provenance"]["wall_time_s"]})]
+              "status": "ok", "wall_time_s": teacher["provenance"].get("wall_time_s")})]
     for folder in sorted(p for p in runs_dir.iterdir() if p.is_dir()) if runs_dir.is_dir() else []:
         if folder.name not in index:
             raise FileNotFoundError(f"no samples of {folder.name} in {samples_dir}: run the sample stage first")
-        run = json.loads((folder / "run.json").read_text())
+        run = provenance.read_json(folder / "run.json")
         c = run["config"]
         status = "ok" if run["status"] == "ok" else \
             f"diverged at iteration {run['diverged_at']} (sampled at {index[folder.name]['iteration']})"
@@ -67,7 +67,7 @@ def sample_sets(samples_dir: Path, teacher_dir: Path, runs_dir: Path) -> list[tu
                      {"kind": c["method"] or "uni-instruct", "divergence": "" if c["method"] else c["divergence"],
                       "estimator": "" if c["method"] else c["estimator"], "gan": "yes" if c["use_gan"] else "no",
                       "seed": c["seed"], "nfe": 1,
-                      "status": status, "wall_time_s": run["provenance"]["wall_time_s"]}))
+                      "status": status, "wall_time_s": run["provenance"].get("wall_time_s")}))
     return sets
 
 
@@ -130,7 +130,8 @@ def evaluate_stage(cfg: DigitsConfig, params: dict, teacher_dir: Path, classifie
                           {"rows": rows, **meta, "provenance": provenance.record(params, started)})
     students, teacher, real = (frame[~frame.kind.isin(["teacher", "data"])], frame[frame.kind == "teacher"].iloc[0],
                                frame[frame.kind == "data"].iloc[0])
-    settings = summary_table(students[students.status == "ok"])
+    scored = students[students.status == "ok"]        # a diverged run has samples but no setting's interval
+    settings = summary_table(scored)
     best = settings.loc[settings["mean"].idxmin()] if len(settings) else None
     summary = {"teacher_classifier_fd": float(teacher.classifier_fd),
                "real_subset_classifier_fd": float(real.classifier_fd),
@@ -140,7 +141,7 @@ def evaluate_stage(cfg: DigitsConfig, params: dict, teacher_dir: Path, classifie
                "best_setting_half_width": (None if best is None or best["95% half-width"] == ""
                                            else float(best["95% half-width"])),
                "classifier_test_accuracy": clf_info["test_accuracy"]}
-    summary["gan_effect"] = gan_effect(students[students.status == "ok"])
+    summary["gan_effect"] = gan_effect(scored)
     if n_fid:
         summary.update({"teacher_fid": float(teacher.fid), "real_subset_fid": float(real.fid),
                         "best_student_fid": float(students.fid.min()) if len(students) else None,
@@ -160,7 +161,7 @@ def _figures(frame: pd.DataFrame, curves: pd.DataFrame, sets: list[tuple[str, Pa
     for ax, (name, path, _) in zip(axes[0], sets):
         ax.imshow(plt.imread(path.with_suffix(".png")), cmap="gray")
         row = frame[frame.run == name].iloc[0]
-        fid_text = "" if row.fid is None or pd.isna(row.fid) else f"FID {row.fid:.1f}, "
+        fid_text = "" if pd.isna(row.fid) else f"FID {row.fid:.1f}, "
         ax.set_title(f"{name}\nNFE {row.nfe}, {fid_text}cFD {row.classifier_fd:.2f}", fontsize=8)
         ax.axis("off")
     fig.tight_layout()

@@ -477,14 +477,14 @@ def evaluate_stage(cfg: ToyConfig, params: dict, runs_dir: Path, teacher_dir: Pa
     """Metrics of every run's samples and of the teacher's Heun samples against the exact teacher, ``workers``
     processes at a time."""
     started = time.perf_counter()
-    teacher_info = json.loads((teacher_dir / "teacher.json").read_text())
+    teacher_info = provenance.read_json(teacher_dir / "teacher.json")
     entries = [(f"teacher-{kind}-heun", teacher_dir / f"samples_{kind}.pt", _describe_teacher(cfg, teacher_info, kind))
                for kind in TEACHERS]
     for folder in sorted(p for p in runs_dir.iterdir() if p.is_dir()):
         run_json = folder / "run.json"
         if not run_json.exists():
             raise FileNotFoundError(f"{run_json} is missing: run the distill stage for {folder.name} first")
-        entries.append((folder.name, folder / "samples.pt", _describe_run(json.loads(run_json.read_text()))))
+        entries.append((folder.name, folder / "samples.pt", _describe_run(provenance.read_json(run_json))))
     scores = parallel.starmap(score, [(cfg.benchmark, path) for _, path, _ in entries], workers, True, "evaluate")
     rows = [{"run": name, **info, **metrics} for (name, _, info), metrics in zip(entries, scores)]
     provenance.write_json(out_path, {"rows": rows, "provenance": provenance.record(params, started)})
@@ -494,19 +494,23 @@ def evaluate_stage(cfg: ToyConfig, params: dict, runs_dir: Path, teacher_dir: Pa
 def _describe_teacher(cfg: ToyConfig, info: dict, kind: str) -> dict:
     return {"kind": f"teacher ({kind})", "network": network(cfg) if kind == "learned" else "exact", "divergence": "",
             "estimator": "", "method": "", "ratio": "", "seed": -1,
-            "nfe": info["nfe"], "status": "ok", "wall_time_s": info["provenance"]["wall_time_s"], "gan": False}
+            "nfe": info["nfe"], "status": "ok", "wall_time_s": info["provenance"].get("wall_time_s"), "gan": False}
+
+
+def _share(wall_time_s: float | None, members: int) -> float | None:
+    """A run's share of the wall time of the runs trained with it (None where the volatile sidecar is absent)."""
+    return None if wall_time_s is None else round(wall_time_s / members, 3)
 
 
 def _describe_run(info: dict) -> dict:
     if info.get("kind") == "ceiling":
         return {"kind": f"ceiling ({info['iterations']} regression steps)", "network": info["network"], "divergence": "",
                 "estimator": "", "method": "", "ratio": "", "seed": info["seed"], "nfe": 1, "status": info["status"],
-                "gan": False, "wall_time_s": info["provenance"]["wall_time_s"]}
+                "gan": False, "wall_time_s": info["provenance"].get("wall_time_s")}
     c = info["config"]
     return {"kind": "method" if c["method"] else "uni-instruct", "network": info["network"],
             "divergence": "" if c["method"] else c["divergence"],
             "estimator": "" if c["method"] else c["estimator"], "method": c["method"], "ratio": c["ratio"],
             "seed": c["seed"], "nfe": 1, "gan": c["use_gan"],
-            # a run's share of the wall time of the runs trained with it
-            "wall_time_s": round(info["provenance"]["wall_time_s"] / len(info.get("trained_with", [c["seed"]])), 3),
+            "wall_time_s": _share(info["provenance"].get("wall_time_s"), len(info.get("trained_with", [c["seed"]]))),
             "status": info["status"] if info["status"] == "ok" else f"diverged at iteration {info['diverged_at']}"}
