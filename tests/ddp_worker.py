@@ -2,6 +2,8 @@
 
 usage: python tests/ddp_worker.py OUT.pt   |   python -m torch.distributed.run --nproc_per_node 2 tests/ddp_worker.py OUT.pt
 The first process saves the gradients of the last step and the final weights.
+With ``--fail RANK:WHERE`` (WHERE: step | save) that process fails there inside ``Distiller.train`` (OUT is then its
+run folder): a bad value in its generator step, or a full disk when the first process saves its checkpoint.
 """
 
 import copy
@@ -12,12 +14,11 @@ import torch
 from uniinstruct.images.data import load
 from uniinstruct.networks import EDMPrecond, UNet
 from uniinstruct.pipelines.digits import real_sampler
-from uniinstruct.training import ddp
+from uniinstruct.training import checkpoint, ddp
 from uniinstruct.training.distill import DistillConfig, Distiller
 
 
-def main(out: str) -> None:
-    torch.set_num_threads(1)
+def build(iterations: int = 1) -> tuple[DistillConfig, Distiller]:
     ddp.init_from_env("cpu")
     torch.manual_seed(0)
     teacher = EDMPrecond(UNet(8, 1, 10, model_channels=8, channel_mult=(1, 2)), 0.5)
@@ -25,11 +26,34 @@ def main(out: str) -> None:
         for p in teacher.parameters():
             p.add_(0.05 * torch.randn(p.shape))
     teacher.requires_grad_(False)
-    cfg = DistillConfig(divergence="js", batch=8, iterations=1, warmup_fake_images=0, warmup_sim_images=0,
+    cfg = DistillConfig(divergence="js", batch=8, iterations=iterations, warmup_fake_images=0, warmup_sim_images=0,
                         checkpoint_every=100, lr=1e-3, glr=1e-3, ema_halflife_images=64.0)
     data = load("digits")
     d = Distiller(cfg, teacher, copy.deepcopy(teacher).requires_grad_(True), copy.deepcopy(teacher).requires_grad_(True),
                   real_sampler(data), 0.5, label_dim=10)
+    return cfg, d
+
+
+def fail(run_dir: str, rank: int, where: str) -> None:
+    """Train with a failure injected in process ``rank``; print the error this process ends with, then exit 2."""
+    _, d = build(iterations=3)
+    if ddp.world()[0] == rank and where == "step":
+        def bad_step(phase):
+            raise ValueError("the density ratio r = q/p must be positive and finite (injected)")
+        d.generator_step = bad_step
+    if ddp.world()[0] == rank and where == "save":
+        def full_disk(state, path):
+            raise OSError(28, "No space left on device (injected)", str(path))
+        checkpoint.save_atomic = full_disk
+    try:
+        d.train(run_dir, progress=False)
+    except Exception as err:
+        print(f"rank {ddp.world()[0]}: {type(err).__name__}: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+def main(out: str) -> None:
+    cfg, d = build()
     logs = [d.step()[0] for _ in range(cfg.iterations)]
     if ddp.is_main():
         grads = lambda net: {n: p.grad.clone() for n, p in net.named_parameters() if p.grad is not None}  # noqa: E731
@@ -39,4 +63,9 @@ def main(out: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    torch.set_num_threads(1)
+    if len(sys.argv) == 4 and sys.argv[2] == "--fail":
+        rank, where = sys.argv[3].split(":")
+        fail(sys.argv[1], int(rank), where)
+    else:
+        main(sys.argv[1])

@@ -5,6 +5,10 @@ would run it in a subprocess; an exception escaping ``main`` fails the test."""
 from __future__ import annotations
 
 import copy
+import os
+import socket
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -174,3 +178,34 @@ def test_a_failed_download_through_the_paper_stage_is_one_line(tmp_path, capsys,
     code, err = run(["paper", "teacher", "--profile", "cifar10-uncond", "--params", path, "--quiet"], capsys)
     assert code == 2 and err.count("\n") == 1 and "failed after 4 attempt(s)" in err and "127.0.0.1:9" in err, err
     assert not list((tmp_path / "paper_runs").rglob("*.pt"))
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("rank, where, kind", [(1, "step", "ValueError"), (0, "save", "OSError")])
+def test_a_failure_in_one_process_stops_every_process(tmp_path, rank, where, kind):
+    """Two gloo processes, started without torchrun's agent (which would kill the survivor and hide the bug): a bad
+    value in one process's generator step, or a full disk when the first process saves, must end both processes
+    promptly with the failing process's error, not leave the other waiting in its next collective (gloo's timeout is
+    30 minutes; the test allows 120 s)."""
+    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "WORLD_SIZE": "2",
+           "OMP_NUM_THREADS": "1"}
+    worker = [sys.executable, str(ROOT / "tests" / "ddp_worker.py"), str(tmp_path / "run"), "--fail", f"{rank}:{where}"]
+    procs = [subprocess.Popen(worker, env={**env, "RANK": str(r), "LOCAL_RANK": str(r)}, stderr=subprocess.PIPE,
+                              text=True) for r in range(2)]
+    try:
+        errors = [proc.communicate(timeout=120)[1] for proc in procs]
+    finally:
+        for proc in procs:
+            proc.kill()
+    assert [proc.returncode for proc in procs] == [2, 2], errors
+    injected = "injected"
+    assert f"rank {rank}: {kind}:" in errors[rank] and injected in errors[rank], errors[rank]
+    other = 1 - rank
+    assert f"rank {other}: Peer{kind}: process {rank} of 2 stopped: {kind}:" in errors[other], errors[other]
+    assert injected in errors[other]

@@ -5,11 +5,16 @@ shard, then gradients are averaged over processes. With per-sample losses averag
 averaged gradient equals the single-process gradient of the same global batch (a test checks this with two
 gloo processes). Losses that reduce over the batch (the released code's batch-level ratio and batch norm)
 see the shard only.
+
+Failures are collective: every collective here is preceded by a vote, and a process whose work raised joins the
+others' next vote with its error (:func:`fail_together`) instead of leaving them waiting for the backend's timeout;
+every process then stops with that error (:class:`PeerFailure` on the others).
 """
 
 from __future__ import annotations
 
 import os
+from typing import NoReturn
 
 import torch
 import torch.distributed as dist
@@ -54,6 +59,58 @@ def shard(x: Tensor) -> Tensor:
     return x[rank * n:(rank + 1) * n]
 
 
+class PeerFailure(Exception):
+    """Raised on every process when another one failed (its rank and error in the message)."""
+
+
+class PeerValueError(PeerFailure, ValueError):
+    pass
+
+
+class PeerOSError(PeerFailure, OSError):
+    pass
+
+
+class PeerFloatingPointError(PeerFailure, FloatingPointError):
+    pass
+
+
+# The kind of a failure, as the other processes raise it: a bad value, a file, a divergence (a result, not a crash:
+# train_and_record records it), anything else.
+_PEER_KINDS = ((FloatingPointError, PeerFloatingPointError), (ValueError, PeerValueError), (OSError, PeerOSError))
+
+
+def _vote(failure: tuple[int, str] | None = None) -> None:
+    """Every process calls this before each collective: it returns when no process failed, and raises on every
+    process when one did (``failure``: the failing process's kind index and message)."""
+    rank, size = world()
+    if size == 1:
+        return
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    flag = torch.tensor([0 if failure is None else 1], device=device)
+    dist.all_reduce(flag)
+    if flag.item():
+        failures: list[tuple[int, str] | None] = [None] * size
+        dist.all_gather_object(failures, failure)
+        first = next(r for r, f in enumerate(failures) if f is not None)
+        kind, message = failures[first]
+        peer = _PEER_KINDS[kind][1] if kind < len(_PEER_KINDS) else PeerFailure
+        raise peer(f"process {first} of {size} stopped: {message}")
+
+
+def fail_together(err: Exception) -> NoReturn:
+    """Called by a process whose work raised ``err``: the other processes stop at their next collective with this
+    error; ``err`` is raised here. A :class:`PeerFailure` (already collective) is re-raised as it is."""
+    if isinstance(err, PeerFailure) or world()[1] == 1:
+        raise err
+    kind = next((i for i, (base, _) in enumerate(_PEER_KINDS) if isinstance(err, base)), len(_PEER_KINDS))
+    try:
+        _vote((kind, f"{type(err).__name__}: {err}"))
+    except PeerFailure:
+        pass
+    raise err
+
+
 def average_gradients(params: list[torch.nn.Parameter]) -> None:
     """Replace each gradient by its mean over processes (one flattened all-reduce)."""
     if world()[1] == 1:
@@ -61,6 +118,7 @@ def average_gradients(params: list[torch.nn.Parameter]) -> None:
     grads = [p.grad for p in params if p.grad is not None]
     if not grads:
         return
+    _vote()
     flat = torch.cat([g.reshape(-1) for g in grads])
     dist.all_reduce(flat)
     flat /= world()[1]
@@ -74,6 +132,7 @@ def mean(value: Tensor) -> Tensor:
     """The mean of a scalar over processes (detached)."""
     value = value.detach().clone()
     if world()[1] > 1:
+        _vote()
         dist.all_reduce(value)
         value /= world()[1]
     return value
@@ -81,6 +140,7 @@ def mean(value: Tensor) -> Tensor:
 
 def barrier() -> None:
     if world()[1] > 1:
+        _vote()
         dist.barrier()
 
 

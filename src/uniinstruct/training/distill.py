@@ -494,7 +494,14 @@ class Distiller:
     def train(self, run_dirs: str | Path | list, progress: bool = True) -> list[list[dict]]:
         """Run to ``cfg.iterations``, each member checkpointing to ``<its run_dir>/checkpoint.pt`` and resuming from
         it when every member has one written by this code with these settings at the same iteration; otherwise the
-        checkpoints are replaced by a fresh start (with a note on stderr). Returns the members' histories."""
+        checkpoints are replaced by a fresh start (with a note on stderr). Returns the members' histories. Under
+        torchrun an error in one process stops every process with it (``ddp.fail_together``)."""
+        try:
+            return self._train(run_dirs, progress)
+        except Exception as err:
+            ddp.fail_together(err)
+
+    def _train(self, run_dirs: str | Path | list, progress: bool) -> list[list[dict]]:
         paths = [Path(d) / "checkpoint.pt" for d in (run_dirs if isinstance(run_dirs, (list, tuple)) else [run_dirs])]
         if len(paths) != len(self.members):
             raise ValueError(f"{len(self.members)} runs train together but {len(paths)} run folders were given")
