@@ -7,7 +7,7 @@ import io
 import json
 import sys
 import zipfile
-from dataclasses import replace
+from dataclasses import asdict, replace
 
 import numpy as np
 import pytest
@@ -17,7 +17,7 @@ from conftest import ROOT, cifar_members, edm_pickle, make_tarball
 from PIL import Image
 
 from uniinstruct import reports
-from uniinstruct.config import from_dict
+from uniinstruct.config import ConfigError, from_dict, load_section
 from uniinstruct.images import cifar
 from uniinstruct.pipelines import paper
 from uniinstruct.teachers.download import Artifact
@@ -91,19 +91,100 @@ def test_profile_end_to_end(name, tmp_path, served, edm_persistence, monkeypatch
     assert ours["FID (ours)"] == f"{result['min']:.2f}" and ours["status (ours)"].startswith("proxy")
 
 
+# Every resolved profile, written out here rather than read from params.yaml (a golden copy of the settings before
+# paper.distill was split out): the released scripts' values where digest §8 lists them, marked "§8".
+SHARED = dict(divergence="jkl", estimator="exact", method="", ratio="logit", ratio_clip=[0.1, 20.0],
+              use_gan=True,                                             # §8: use_gan 1
+              warmup_fake_images=100_000, warmup_sim_images=200_000,   # §8: G after 100 kimg, loss after 200
+              sigma_init=2.5, tmax=800.0,                               # §8: init_sigma 2.5, tmax 800
+              sigma_min=0.002, sigma_max=80.0, rho=7.0, p_mean=-1.2, p_std=1.2,   # §8: EDM's values
+              ls=1.0, lsd=1.0, lsg=100.0, lsg_gan=0.01,                 # §8: 1 / 1 / 100 / 0.01
+              betas=[0.0, 0.999],                                       # §8: (0, 0.999) both
+              grad_clip=1.0, ema_rampup=0.05,                           # §8 (and §5: clip_grad_value_ 1)
+              seed=0, log_every=40, device="cuda")
+CIFAR = dict(ratio_n_dims=3072, batch_gpu=32, batch=256, iterations=1_171_875,   # §8: batch 256, 300 Mimg
+             lr=1e-5, glr=1e-5, adam_eps=1e-8,                          # §8: lr / glr 1e-5, eps 1e-8
+             ema_halflife_images=500_000.0,                             # §8: EMA half-life 0.5 Mimg
+             checkpoint_every=2000, precision="fp32")                   # §8: fp16 0
+FID = dict(num_images=50_000, seed_blocks=[0, 50_000, 100_000], inception="auto", batch=250)
+EXPECTED = {
+    "cifar10-uncond": dict(data="data/cifar-10-python.tar.gz", augment_p=0.0, distill={**SHARED, **CIFAR},
+                           fid={**FID, "reference": "fid-ref-cifar10-32x32"}),
+    "cifar10-cond": dict(data="data/cifar-10-python.tar.gz", augment_p=0.0, distill={**SHARED, **CIFAR},
+                         fid={**FID, "reference": "fid-ref-cifar10-32x32"}),
+    "imagenet64-cond": dict(data="data/imagenet-64x64.zip", augment_p=0.0,
+                            fid={**FID, "reference": "fid-ref-imagenet-64x64"},
+                            distill={**SHARED, "ratio_n_dims": 12288, "batch_gpu": 8, "batch": 8192,   # §8: 8192 / 8
+                                     "iterations": 36_621, "lr": 4e-6, "glr": 4e-6,   # §8: 300 Mimg, 4e-6 / 4e-6
+                                     "adam_eps": 1e-6, "ema_halflife_images": 2_000_000.0,   # §8: 1e-6, 2 Mimg
+                                     "checkpoint_every": 60, "precision": "bf16"}),  # §8: fp16 (bf16 stands in)
+}
+
+
+def paper_params() -> dict:
+    return yaml.safe_load((ROOT / "params.yaml").read_text())["paper"]
+
+
+def load_paper(tmp_path, section: dict) -> paper.PaperConfig:
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({**params, "paper": section}))
+    return load_section(paper.PaperConfig, "paper", tmp_path / "params.yaml")
+
+
 def test_profiles_have_the_papers_hyper_parameters():
-    cfg = from_dict(paper.PaperConfig, yaml.safe_load((ROOT / "params.yaml").read_text())["paper"], "paper")
-    c10, i64 = cfg.profile("cifar10-uncond"), cfg.profile("imagenet64-cond")
-    assert (c10.distill.batch, c10.distill.lr, c10.distill.glr, c10.distill.betas) == (256, 1e-5, 1e-5, [0.0, 0.999])
-    assert (i64.distill.batch, i64.distill.lr, i64.distill.adam_eps) == (8192, 4e-6, 1e-6)
+    cfg = load_section(paper.PaperConfig, "paper", ROOT / "params.yaml")
+    assert [p.name for p in cfg.profiles] == list(EXPECTED)
     for p in cfg.profiles:
-        d = p.distill
-        assert d.iterations * d.batch == pytest.approx(300e6, rel=1e-3)               # 300 Mimg
-        assert (d.sigma_init, d.tmax, d.lsg, d.lsg_gan, d.warmup_fake_images, d.warmup_sim_images) == \
-            (2.5, 800.0, 100.0, 0.01, 100_000, 200_000)
-        assert p.fid.num_images == 50_000 and p.fid.seed_blocks == [0, 50_000, 100_000]
+        assert asdict(p) == {"name": p.name, **EXPECTED[p.name]}, p.name
+        assert {k: type(v) for k, v in asdict(p.distill).items()} == \
+            {k: type(v) for k, v in EXPECTED[p.name]["distill"].items()}, p.name       # 1e5 is no float
+        assert p.distill.iterations * p.distill.batch == pytest.approx(300e6, rel=1e-3)   # 300 Mimg
     with pytest.raises(ValueError, match="unknown paper profile 'cifar100'; valid: cifar10-uncond"):
         cfg.profile("cifar100")
+
+
+def test_profiles_inherit_paper_distill_and_hold_only_their_own_keys():
+    """Each profile's distill is paper.distill updated with its own keys; a key with one value in every profile
+    belongs to paper.distill, and no profile repeats one of its keys."""
+    params = paper_params()
+    cfg = from_dict(paper.PaperConfig, params, "paper")
+    shared, own = params["distill"], [p["distill"] for p in params["profiles"]]
+    for p, keys in zip(cfg.profiles, own):
+        merged = dict(shared)
+        merged.update(keys)
+        assert asdict(p.distill) == merged and not set(keys) & set(shared)
+    assert not [k for k in set.intersection(*map(set, own)) if all(d[k] == own[0][k] for d in own)]
+    assert cfg.distill == shared                      # the shared block is kept as written (asdict re-reads the same)
+    assert from_dict(paper.PaperConfig, asdict(cfg), "paper") == cfg     # the table notebooks' round trip
+
+
+def test_a_profiles_own_key_replaces_the_shared_one(tmp_path):
+    params = paper_params()
+    params["profiles"][1]["distill"]["divergence"] = "fkl"
+    cfg = load_paper(tmp_path, params)
+    assert [p.distill.divergence for p in cfg.profiles] == ["jkl", "fkl", "jkl"]
+
+
+@pytest.mark.parametrize("where, key, value, message", [
+    (2, "lrr", 1e-5, r"params\.yaml: paper\.profiles\[2\]\.distill\.lrr: unknown key; valid keys: .*\blr\b"),
+    (None, "lrr", 1e-5, r"params\.yaml: paper\.distill\.lrr: unknown key; valid keys: "),
+    (0, "lr", 0.0, r"params\.yaml: paper\.profiles\[0\]\.distill\.lr: must be > 0, got 0\.0"),
+    (None, "tmax", 2000.0, r"params\.yaml: paper\.profiles\[0\]\.distill\.tmax: must be in \(0, 1000\]"),
+    (1, "iterations", None, r"params\.yaml: paper\.profiles\[1\]\.distill\.iterations: missing key; params\.yaml "
+                            r"records every setting"),
+    (None, "seed", None, r"params\.yaml: paper\.profiles\[0\]\.distill\.seed: missing key"),
+])
+def test_bad_inherited_keys_are_refused_naming_their_path(tmp_path, where, key, value, message):
+    """An unknown key, shared or a profile's own; a range check on the merged profile; a key that neither the profile
+    nor paper.distill gives (value None: deleted)."""
+    params = paper_params()
+    block = params["distill"] if where is None else params["profiles"][where]["distill"]
+    if value is None:
+        del block[key]
+    else:
+        block[key] = value
+    with pytest.raises(ConfigError, match=message):
+        load_paper(tmp_path, params)
 
 
 def test_seeded_inputs_do_not_depend_on_the_batching():
@@ -127,9 +208,7 @@ def test_reference_stats_are_checked(tmp_path):
 
 
 def test_augmentation_is_refused_until_implemented():
-    from uniinstruct.config import ConfigError
-
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())["paper"]
+    params = paper_params()
     params["profiles"][0]["augment_p"] = 0.12
     with pytest.raises(ConfigError, match=r"profiles\[0\]\.augment_p: EDM's augmentation pipeline is not implemented"):
         from_dict(paper.PaperConfig, params, "paper")

@@ -95,14 +95,14 @@ def cmd_readme(args: argparse.Namespace) -> int:
 
 def _distill_config(args: argparse.Namespace, base, section: str):
     """The section's distill config with the command line's overrides (validated together)."""
-    from uniinstruct.config import from_dict
+    from uniinstruct.config import from_dict, inherit
     from uniinstruct.training.distill import DistillConfig
 
     overrides = {k: v for k, v in (("divergence", args.divergence), ("estimator", args.estimator),
                                    ("seed", args.seed), ("method", args.method), ("ratio", args.ratio))
                  if v is not None}
-    return from_dict(DistillConfig, {**asdict(base), **overrides}, f"{args.params}: {section}.distill (+ flags)"), \
-        overrides
+    path = f"{args.params}: {section}.distill (+ flags)"
+    return from_dict(DistillConfig, inherit(DistillConfig, base, overrides, path), path), overrides
 
 
 def _toy(args: argparse.Namespace):

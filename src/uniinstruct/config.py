@@ -4,7 +4,10 @@ Config sections are dataclasses; :func:`from_dict` builds one from a mapping and
 keys, missing keys, wrong types and bad values with a message that names the key path, e.g.
 ``params.yaml: theory.expansion.sigma_min: must be > 0, got -1``. :func:`load_section` reads ``params.yaml``, which
 must name every key (it is the complete record of a run's settings: a deleted key is an error, never a silent code
-default), and only the sections in :data:`SECTIONS`.
+default), and only the sections in :data:`SECTIONS`. Configs that inherit (``toy.wide.distill`` over ``toy.distill``,
+each ``paper.profiles[i].distill`` over ``paper.distill``) are merged by :func:`inherit`; a config class whose parts
+inherit from its other keys says how in an ``inherited(data, path)`` static method, which :func:`from_dict` applies
+to the mapping first (so "every key" and range checks hold after the merge).
 """
 
 from __future__ import annotations
@@ -53,15 +56,14 @@ def _coerce(value: Any, kind: Any, path: str, complete: bool) -> Any:
 
 
 def from_dict(cls: type[T], data: Any, path: str = "params.yaml", complete: bool = False) -> T:
-    """Build the config dataclass ``cls`` from ``data``, validating every key (then ``cls.check``); keys that
-    ``data`` omits take the code's defaults unless ``complete``, which requires every key."""
-    if not isinstance(data, Mapping):
-        raise ConfigError(f"{path}: expected a mapping of keys, got {type(data).__name__}")
+    """Build the config dataclass ``cls`` from ``data`` (its inherited keys merged first, where ``cls.inherited``
+    exists), validating every key (then ``cls.check``); keys that ``data`` omits take the code's defaults unless
+    ``complete``, which requires every key."""
+    inherited = getattr(cls, "inherited", None)
+    if inherited is not None and isinstance(data, Mapping):
+        data = inherited(data, path)
+    fields = known_keys(cls, data, path)
     hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        raise ConfigError(f"{path}.{unknown[0]}: unknown key; valid keys: {', '.join(fields)}")
     values = {}
     for name, field in fields.items():
         if name in data:
@@ -79,6 +81,25 @@ def from_dict(cls: type[T], data: Any, path: str = "params.yaml", complete: bool
         for key, problem in check():
             raise ConfigError(f"{path}.{key}: {problem}")
     return obj
+
+
+def known_keys(cls: type, data: Any, path: str) -> dict[str, dataclasses.Field]:
+    """The fields of the config class ``cls``, once ``data`` is found to be a mapping of only those keys."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{path}: expected a mapping of keys, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(f"{path}.{unknown[0]}: unknown key; valid keys: {', '.join(fields)}")
+    return fields
+
+
+def inherit(cls: type, base: Any, overrides: Any, path: str) -> dict:
+    """Configs that inherit: the keys of ``base`` (a ``cls`` or a mapping of some of its keys) with those of
+    ``overrides`` in their place, for :func:`from_dict` to build and check as a whole. ``overrides`` must be a
+    mapping of keys of ``cls``; an unknown one is refused, named under ``path``."""
+    known_keys(cls, overrides, path)
+    return {**(dataclasses.asdict(base) if dataclasses.is_dataclass(base) else base), **overrides}
 
 
 def positive(**values: float) -> list[tuple[str, str]]:

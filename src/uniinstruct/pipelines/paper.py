@@ -1,7 +1,9 @@
 """The paper tier: CIFAR-10 (unconditional, conditional) and ImageNet-64 (conditional) with EDM teachers, on GPUs.
 
 One profile per table of the paper (``params.yaml: paper.profiles``, hyper-parameters of the released scripts, digest
-§8). Stages, each one command (``uniinstruct paper STAGE --profile NAME``):
+§8). A profile's ``distill`` holds only its own keys (scale, learning rates, EMA, precision); the others it inherits
+from ``paper.distill``, the values every released script shares (:meth:`PaperConfig.inherited`). Stages, each one
+command (``uniinstruct paper STAGE --profile NAME``):
 
 * ``teacher``: download the EDM pickle (sha256 pinned), convert it without running its code, load it strictly;
 * ``distill``: Uni-Instruct from the teacher on the real data, over ``torchrun`` processes, resuming from the run's
@@ -18,11 +20,12 @@ import copy
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Mapping
 
 import torch
 
 from uniinstruct import provenance
-from uniinstruct.config import positive
+from uniinstruct.config import inherit, known_keys, positive
 from uniinstruct.images import fid, fid_protocol
 from uniinstruct.images.cifar import load_cifar10, load_edm_zip
 from uniinstruct.networks.edm_unets import EDMPrecondNet
@@ -68,7 +71,20 @@ class PaperProfile:
 class PaperConfig:
     folder: str = "paper_runs"      # teachers/, <profile>/ (checkpoint, run.json, fid.json)
     results: str = "results/paper"  # <profile>-<divergence>.json: a copy of each fid.json, read by the table notebooks
+    distill: dict = field(default_factory=dict)     # DistillConfig keys every profile inherits (its own replace them)
     profiles: list[PaperProfile] = field(default_factory=list)
+
+    @staticmethod
+    def inherited(data: Mapping, path: str) -> Mapping:
+        """``data`` (the raw section) with each profile's ``distill`` over the shared ``distill`` block: configs that
+        inherit, merged before the profiles are built, so each merged profile must still name every key."""
+        shared, profiles = data.get("distill", {}), data.get("profiles")
+        known_keys(DistillConfig, shared, f"{path}.distill")
+        if not shared or not isinstance(profiles, list):
+            return data
+        return {**data, "profiles": [
+            {**p, "distill": inherit(DistillConfig, shared, p.get("distill", {}), f"{path}.profiles[{i}].distill")}
+            if isinstance(p, Mapping) else p for i, p in enumerate(profiles)]}
 
     def profile(self, name: str) -> PaperProfile:
         names = [p.name for p in self.profiles]

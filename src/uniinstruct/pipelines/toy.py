@@ -10,7 +10,6 @@ the recipe on wider networks, trained longer, on seeds that tuned nothing (:clas
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import time
@@ -22,7 +21,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from uniinstruct import divergences, losses, methods, parallel, provenance
-from uniinstruct.config import ConfigError, from_dict, positive, valid_names
+from uniinstruct.config import ConfigError, from_dict, inherit, positive, valid_names
 from uniinstruct.networks import EDMPrecond, toy_denoiser
 from uniinstruct.sampling import heun_nfe, heun_sampler
 from uniinstruct.toy.metrics import mixture_moments, toy_report
@@ -100,12 +99,8 @@ class WideConfig:
         problems = (positive(hidden=self.hidden, depth=self.depth)
                     + valid_names("divergences", self.divergences, divergences.get)
                     + valid_names("no_gan_divergences", self.no_gan_divergences, divergences.get))
-        known = {f.name for f in dataclasses.fields(DistillConfig)}
-        unknown = sorted(set(self.distill) - known)
-        if unknown:
-            return problems + [(f"distill.{unknown[0]}", f"unknown key; valid keys: {', '.join(sorted(known))}")]
         try:
-            from_dict(DistillConfig, {**asdict(DistillConfig()), **self.distill}, "distill")
+            from_dict(DistillConfig, inherit(DistillConfig, DistillConfig(), self.distill, "distill"), "distill")
         except ConfigError as err:
             problems.append(tuple(str(err).split(": ", 1)))
         return problems
@@ -133,7 +128,7 @@ class ToyConfig:
             problems.append(("wide", f"the wide runs need another width than hidden × depth = {self.hidden} × {self.depth}"))
         if not self.wide.check():           # its keys are known: do they suit this toy.distill?
             try:
-                from_dict(DistillConfig, {**asdict(self.distill), **self.wide.distill}, "wide.distill")
+                wide_distill(self, "wide.distill")
             except ConfigError as err:
                 problems.append(tuple(str(err).split(": ", 1)))
         if self.teacher not in TEACHERS:
@@ -211,7 +206,12 @@ def network(cfg: ToyConfig) -> str:
 
 def widened(cfg: ToyConfig) -> ToyConfig:
     """``cfg`` as the wide runs use it: their width, and ``toy.distill`` with ``toy.wide.distill``'s overrides."""
-    return replace(cfg, hidden=cfg.wide.hidden, depth=cfg.wide.depth, distill=replace(cfg.distill, **cfg.wide.distill))
+    return replace(cfg, hidden=cfg.wide.hidden, depth=cfg.wide.depth, distill=wide_distill(cfg, "toy.wide.distill"))
+
+
+def wide_distill(cfg: ToyConfig, path: str) -> DistillConfig:
+    """``toy.distill`` with ``toy.wide.distill``'s overrides (configs that inherit; bad keys named under ``path``)."""
+    return from_dict(DistillConfig, inherit(DistillConfig, cfg.distill, cfg.wide.distill, path), path)
 
 
 def load_mlp_teacher(cfg: ToyConfig, teacher_dir: Path) -> EDMPrecond:
