@@ -113,8 +113,31 @@ def test_notebook_command_rejects_bad_params_before_running(tmp_path, monkeypatc
     assert not (tmp_path / "res").exists() and not (tmp_path / "nb").exists()
 
 
-def test_notebook_command_rejects_unknown_notebook():
+def test_notebook_command_rejects_unknown_notebook(capsys):
     assert cli.main(["notebook", "theory/nope"]) == 2
+    assert "valid: " + ", ".join(cli.NOTEBOOKS) in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("param", [[], ["--param", "table=cifar100"], ["--param", "table=status"]])
+def test_table_notebook_needs_one_of_its_tables_before_running(param, tmp_path, capsys):
+    """tables/paper_table runs once per paper table: a missing or unknown ``table`` fails, listing the valid ones."""
+    code = cli.main(["notebook", "tables/paper_table", *param, "--out-dir", str(tmp_path / "res"),
+                     "--executed-dir", str(tmp_path / "nb")])
+    assert code == 2
+    assert "needs --param table=NAME, NAME one of: cifar10_uncond, cifar10_cond, imagenet64" in capsys.readouterr().err
+    assert not (tmp_path / "res").exists() and not (tmp_path / "nb").exists()
+
+
+def test_table_notebooks_variants_are_the_reports_registries_and_the_dvc_matrices():
+    from uniinstruct import reports
+
+    assert cli.NOTEBOOKS["tables/paper_table"].variant_names() == list(reports.PAPER_TABLES)
+    assert cli.NOTEBOOKS["tables/tier_table"].variant_names() == list(reports.TIER_TABLES)
+    stages = yaml.safe_load(open("dvc.yaml"))["stages"]
+    for stage, notebook in (("paper_tables", "tables/paper_table"), ("tables", "tables/tier_table")):
+        assert stages[stage]["matrix"]["table"] == cli.NOTEBOOKS[notebook].variant_names(), stage
+        assert stages[stage]["cmd"] == f"uniinstruct notebook {notebook} --param table=${{item.table}}"
+        assert stages[stage]["outs"][0] == "results/notebooks/tables/${item.table}.ipynb"    # one per table
 
 
 def test_write_json_is_atomic_and_records_provenance(tmp_path):

@@ -99,10 +99,12 @@ def cli_entry(command: str) -> set[str]:
 
 
 def notebook_entry(name: str) -> set[str]:
-    """Modules that ``uniinstruct notebook NAME`` imports: its config class's module and the notebook's imports."""
+    """Modules that ``uniinstruct notebook NAME`` imports: its config class's module (and its variants' registry's,
+    if it has one) and the notebook's imports."""
     from uniinstruct.cli import NOTEBOOKS
 
-    modules = {NOTEBOOKS[name].config.partition(":")[0]}
+    spec = NOTEBOOKS[name]
+    modules = {target.partition(":")[0] for target in (spec.config, spec.variants) if target}
     cells = json.loads((ROOT / "notebooks" / f"{name}.ipynb").read_text(encoding="utf-8"))["cells"]
     for cell in cells:
         if cell["cell_type"] == "code":

@@ -58,6 +58,28 @@ def test_a_run_fills_its_divergences_row_and_no_other(tmp_path):
     assert (others[OURS] == reports.NOT_RUN).all().all()                        # the cond. run stays in its table
 
 
+@pytest.mark.parametrize("name", list(reports.PAPER_TABLES))
+def test_paper_table_report_writes_its_table_and_says_how_to_run_it(name, tmp_path):
+    spec = reports.PAPER_TABLES[name]
+    table = reports.paper_table_report(name, tmp_path / "none", tmp_path / "out", params={}, started=0.0)
+    assert table.equals(reports.result_table(spec.profile, tmp_path / "none"))
+    assert (tmp_path / "out" / f"{name}.csv").is_file() and f"tab:{name}" in (tmp_path / "out" / f"{name}.tex").read_text()
+    assert f"`uniinstruct/paper_data/{name}.csv`" in reports.paper_table_intro(name)
+    assert f"--profile {spec.profile}`" in reports.paper_table_summary(name, table, tmp_path / "none")
+    with pytest.raises(ValueError, match="valid: cifar10_uncond, cifar10_cond, imagenet64"):
+        reports.paper_table_intro("cifar100")
+
+
+@pytest.mark.parametrize("name", list(reports.TIER_TABLES))
+def test_tier_table_report_reads_the_metrics_files_it_records(name, tmp_path):
+    toy, digits = ROOT / "results" / "toy" / "metrics.json", ROOT / "results" / "digits" / "metrics.json"
+    table = reports.tier_table_report(name, tmp_path / "none", toy, digits, tmp_path, params={}, started=0.0)
+    assert table.equals(reports.TIER_TABLES[name].build(tmp_path / "none", TOY, DIGITS))
+    record = json.loads((tmp_path / f"{name}.json").read_text())
+    assert set(record["inputs"]) == {str(toy), str(digits)} and record["rows"] == len(table)
+    assert reports.TIER_TABLES[name].summary(table).startswith("- ")
+
+
 def test_unknown_profile_lists_the_valid_ones():
     with pytest.raises(ValueError, match="valid: cifar10-uncond, cifar10-cond, imagenet64-cond"):
         reports.result_table("cifar100", "results/paper")

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from uniinstruct.config import ConfigError, from_dict
+from uniinstruct import reports, unification
 from uniinstruct.unification import UnificationConfig, compare_scaled, run_uni_instruct, run_unification
 
 TOL = 1e-3   # relative error at the best positive scale, as in params.yaml
@@ -65,6 +66,28 @@ def test_uni_instruct_losses_match_the_exact_gradient():
         assert r["rel_error"] <= TOL and r["scale"] == pytest.approx(1.0, abs=TOL), r
     official = {r["divergence"]: r for r in res if r["estimator"] == "official"}
     assert official["fkl"]["rel_error"] > 10 * TOL and official["chi2"]["rel_error"] > 10 * TOL
+
+
+def test_outcomes_summary_and_table_come_from_the_records(rows):
+    """Counted from the measured comparisons, not from the status strings; the table keeps every record's status."""
+    records = list(rows.values())
+    found = [unification.outcome(r["claimed"]["per_sigma"], r["best"], TOL) for r in records]
+    for r, f in zip(records, found):
+        assert r["status"] == "verified" if f == "verified" else r["status"].startswith(
+            "claim not reproduced; reproduced by" if f == "other_divergence" else "not reproduced by any")
+    ui_rows = [{"divergence": "rkl", "estimator": e, "cosine": c, "scale": 1.0, "rel_error": err, "verified": ok}
+               for e, c, err, ok in (("exact", 1.0, 1e-6, True), ("official", 0.9, 0.2, False))]
+    summary = unification.summary(records, ui_rows, TOL)
+    assert summary == {"methods": len(records), "claims_verified": found.count("verified"),
+                       "reproduced_by_other_divergence": found.count("other_divergence"),
+                       "not_reproduced": found.count("not_reproduced"),
+                       "uni_instruct_exact_max_rel_error": 1e-6, "uni_instruct_official_min_cosine": 0.9}
+    assert summary["claims_verified"] >= 1 and summary["reproduced_by_other_divergence"] >= len(DI_FAMILY)
+    table = reports.unification_table(records, ui_rows, TOL)
+    assert list(table["status"]) == [r["status"] for r in records] + ["verified"]
+    assert table["Method"].iloc[-1] == "Uni-Instruct (ours)"
+    assert unification.outcome({"rel_error": 0.0, "scale": -1.0}, {"rel_error": 0.0, "scale": 1.0}, TOL) == \
+        "other_divergence"                                            # a negative scale never counts
 
 
 def test_compare_scaled_by_hand():

@@ -24,19 +24,30 @@ class NotebookSpec:
     section: str        # params.yaml section passed to the notebook as ``config``
     config: str         # "module:Class" of the dataclass that validates the section (imported only when run)
     out_dir: str        # where the notebook writes its results
+    variant: str = ""   # a notebook run once per variant: the required ``--param`` naming it (and its executed copy)
+    variants: str = ""  # "module:NAME" of the dict whose keys are the valid variants (imported only when run)
 
     def config_class(self) -> type:
-        module, _, name = self.config.partition(":")
-        return getattr(importlib.import_module(module), name)
+        return _resolve(self.config)
+
+    def variant_names(self) -> list[str]:
+        return list(_resolve(self.variants))
+
+
+def _resolve(target: str):
+    module, _, name = target.partition(":")
+    return getattr(importlib.import_module(module), name)
 
 
 NOTEBOOKS: dict[str, NotebookSpec] = {
     "theory/theorem_checks": NotebookSpec("theory", "uniinstruct.theory.report:TheoryConfig", "results/theory"),
     "tables/unification": NotebookSpec("unification", "uniinstruct.unification:UnificationConfig", "results/tables"),
     "toy/ablation": NotebookSpec("toy", "uniinstruct.pipelines.toy:ToyConfig", "results/toy"),
-    **{f"tables/{name}": NotebookSpec("paper", "uniinstruct.pipelines.paper:PaperConfig", "results/tables")
-       for name in ("cifar10_uncond", "cifar10_cond", "imagenet64", "divergence_ablation", "teacher_vs_student",
-                    "status")}}
+    "tables/paper_table": NotebookSpec("paper", "uniinstruct.pipelines.paper:PaperConfig", "results/tables",
+                                       "table", "uniinstruct.reports:PAPER_TABLES"),
+    "tables/tier_table": NotebookSpec("paper", "uniinstruct.pipelines.paper:PaperConfig", "results/tables",
+                                      "table", "uniinstruct.reports:TIER_TABLES"),
+}
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -62,14 +73,20 @@ def cmd_notebook(args: argparse.Namespace) -> int:
     source = Path("notebooks") / f"{args.name}.ipynb"
     if not source.is_file():
         raise FileNotFoundError(f"notebook {source} not found (run from the repository root)")
-    executed = Path(args.executed_dir) / f"{args.name}.ipynb"
-    executed.parent.mkdir(parents=True, exist_ok=True)
     extra = {}
     for item in args.param:
         key, sep, value = item.partition("=")
         if not sep or not key.isidentifier():
             raise ConfigError(f"--param expects KEY=VALUE with KEY a Python name, got {item!r}")
         extra[key] = value
+    executed = Path(args.executed_dir) / f"{args.name}.ipynb"
+    if spec.variant:        # one executed copy per variant: <executed_dir>/<folder>/<variant>.ipynb
+        valid = spec.variant_names()
+        if extra.get(spec.variant) not in valid:
+            raise ConfigError(f"notebook {args.name} needs --param {spec.variant}=NAME, NAME one of: "
+                              f"{', '.join(valid)} (got {extra.get(spec.variant)!r})")
+        executed = executed.with_name(f"{extra[spec.variant]}.ipynb")
+    executed.parent.mkdir(parents=True, exist_ok=True)
     papermill.execute_notebook(str(source), str(executed), kernel_name="python3", progress_bar=False,
                                parameters={"config": asdict(config), "out_dir": args.out_dir or spec.out_dir, **extra})
     print(f"executed {source} -> {executed}")
@@ -307,7 +324,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("info", help="code version, library versions and hardware").set_defaults(func=cmd_info)
     sub.add_parser("divergences", help="list the f-divergence registry").set_defaults(func=cmd_divergences)
     nb = sub.add_parser("notebook", help="execute a papermill notebook with its params.yaml section")
-    nb.add_argument("name", help=f"notebook under notebooks/, without .ipynb: {', '.join(NOTEBOOKS)}")
+    names = (name + (f" (with --param {spec.variant}=NAME)" if spec.variant else "")
+             for name, spec in NOTEBOOKS.items())
+    nb.add_argument("name", help=f"notebook under notebooks/, without .ipynb: {', '.join(names)}")
     nb.add_argument("--params", default="params.yaml", help="parameter file (default: params.yaml)")
     nb.add_argument("--out-dir", default=None, help="results folder (default: the notebook's own)")
     nb.add_argument("--executed-dir", default="results/notebooks", help="where the executed notebook goes")

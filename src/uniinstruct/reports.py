@@ -8,6 +8,8 @@ have no run for says :data:`NOT_RUN`; nothing is ever filled with a placeholder 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -20,9 +22,36 @@ NOT_IN_PAPER = "not in paper"
 DIVERGENCE_LABELS = {"rkl": "RKL", "fkl": "FKL", "jkl": "JKL", "js": "JS", "chi2": "χ²", "jeffreys": "Jeffreys",
                      "neyman": "Neyman χ²", "hellinger": "Hellinger"}
 _REGISTRY_NAMES = {v: k for k, v in DIVERGENCE_LABELS.items()}      # the paper's name -> registry name
-PROFILE_TABLES = {"cifar10-uncond": ("cifar10_uncond", "CIFAR-10 (unconditional)"),
-                  "cifar10-cond": ("cifar10_cond", "CIFAR-10 (conditional)"),
-                  "imagenet64-cond": ("imagenet64", "ImageNet 64×64 (conditional)")}
+
+
+@dataclass(frozen=True)
+class PaperTable:
+    """One of the paper's result tables (notebook ``tables/paper_table``, parameter ``table``)."""
+    profile: str        # the paper tier's profile whose runs fill the "ours" columns
+    dataset: str        # the dataset's name in the cross-tier tables
+    title: str          # e.g. "CIFAR-10, unconditional"
+    teacher: str        # the intro's closing note: the teacher and how the paper reports its FID
+
+    def caption(self) -> str:
+        return (f"{self.title}: the paper's FID (its project page) and ours (paper tier, GPU runs; "
+                "not run = no run yet).")
+
+
+PAPER_TABLES = {
+    "cifar10_uncond": PaperTable(
+        "cifar10-uncond", "CIFAR-10 (unconditional)", "CIFAR-10, unconditional",
+        "The teacher is EDM's VP checkpoint (NFE 35). The paper reports the minimum FID over three 50k-sample trials."),
+    "cifar10_cond": PaperTable(
+        "cifar10-cond", "CIFAR-10 (conditional)", "CIFAR-10, class-conditional",
+        "The teacher is EDM's conditional VP checkpoint (NFE 35). The paper reports the minimum FID over three "
+        "50k-sample trials."),
+    "imagenet64": PaperTable(
+        "imagenet64-cond", "ImageNet 64×64 (conditional)", "ImageNet 64×64, class-conditional",
+        "The teacher is EDM's ADM checkpoint (the table's NFE 511 teacher row is the project page's). The project "
+        "page lists SiD at 1.71 where SiD's own README reports 1.524 (digest §7.3): we transcribe the page and flag "
+        "it here."),
+}
+PROFILE_TABLES = {spec.profile: (name, spec.dataset) for name, spec in PAPER_TABLES.items()}   # profile -> both names
 
 
 def label(divergence: str) -> str:
@@ -273,6 +302,182 @@ def write_report(table: pd.DataFrame, out_dir: str | Path, name: str, caption: s
     paths.append(provenance.write_json(Path(out_dir) / f"{name}.json", {
         "table": name, "rows": len(table), "inputs": digests, "provenance": provenance.record(params, started)}))
     return paths
+
+
+def _known(name: str, registry: dict, what: str):
+    if name not in registry:
+        raise ValueError(f"unknown {what} {name!r}; valid: {', '.join(registry)}")
+    return registry[name]
+
+
+def paper_table_intro(name: str) -> str:
+    """The Markdown that introduces one of :data:`PAPER_TABLES` in its executed notebook."""
+    spec = _known(name, PAPER_TABLES, "paper table")
+    return (f"## {spec.title}: the paper's table with our FID beside it\n\n"
+            f"The rows and the **FID (paper)** column are the paper's, as its project page publishes them "
+            f"(`uniinstruct/paper_data/{name}.csv`, a source on every row). The **ours** columns come from the paper "
+            f"tier's GPU runs, `uniinstruct paper fid --profile {spec.profile}`, which copies its result to "
+            f"`results/paper/{spec.profile}-<divergence>.json`. Our FID is the minimum over the trials (EDM's "
+            f"protocol: three blocks of 50,000 seeds); their mean ± std is beside it. Where we have no run the cell "
+            f"says **not run**: nothing is filled with a placeholder. A proxy FID (packaged Inception weights) or a "
+            f"run shorter than the profile's budget is said so in the status column.\n\n{spec.teacher}")
+
+
+def paper_table_report(name: str, results_dir: str | Path, out_dir: str | Path, params, started: float
+                       ) -> pd.DataFrame:
+    """Build one of :data:`PAPER_TABLES` from the paper tier's runs and write it (:func:`write_report`)."""
+    spec = _known(name, PAPER_TABLES, "paper table")
+    table = result_table(spec.profile, results_dir)
+    write_report(table, out_dir, name, caption=spec.caption(), label_=f"tab:{name}",
+                 inputs=paper_run_files(results_dir), params=params, started=started)
+    return table
+
+
+def paper_table_summary(name: str, table: pd.DataFrame, results_dir: str | Path) -> str:
+    """Markdown: each row we ran, paper against ours, or how to run the table's profile when none is."""
+    profile = _known(name, PAPER_TABLES, "paper table").profile
+    ours = table[table["FID (ours)"] != NOT_RUN]
+    lines = [f"- {r['model']}: paper {r['FID (paper)']}, ours {r['FID (ours)']} ({r['status (ours)']})"
+             for _, r in ours.iterrows()]
+    return "\n".join(lines) or (f"No GPU run of this profile yet: every 'ours' cell says '{NOT_RUN}'. "
+                                f"Run `uniinstruct paper teacher|distill|fid --profile {profile}` on GPUs, commit "
+                                f"`{results_dir}/{profile}-<divergence>.json`, then `dvc repro`.")
+
+
+def _ablation_summary(table: pd.DataFrame) -> str:
+    ran = table[table["toy NLL ↓ (ours)"] != NOT_RUN]
+    best_toy = ran.loc[ran["toy NLL ↓ (ours)"].astype(float).idxmin(), "divergence"]
+    dig = table[table["digits classifier FD (ours)"] != NOT_RUN]
+    best_dig = dig.loc[dig["digits classifier FD (ours)"].astype(float).idxmin(), "divergence"] if len(dig) else NOT_RUN
+    return (f"- Paper: JKL is the best stand-alone divergence on CIFAR-10 (1.46).\n"
+            f"- Ours, toy: lowest teacher NLL with {best_toy}; digits: lowest classifier FD with {best_dig} "
+            f"(200-image FIDs of the digits students are within their noise of each other).")
+
+
+def _teacher_student_summary(table: pd.DataFrame) -> str:
+    ours = table[(table.source == "ours") & (table["student value"] != NOT_RUN) & (table["teacher value"] != NOT_RUN)]
+    return "\n".join(f"- {r['dataset']}, {r['metric']}: teacher {r['teacher value']} (NFE {r['teacher NFE']}), "
+                     f"student {r['student value']} (NFE 1)" for _, r in ours.iterrows())
+
+
+def _status_summary(table: pd.DataFrame) -> str:
+    counts = table.assign(ran=table.ours != NOT_RUN).groupby("dataset", sort=False).ran.agg(["sum", "size"])
+    return "\n".join(f"- {d}: {int(r['sum'])} of {int(r['size'])} rows run" for d, r in counts.iterrows())
+
+
+@dataclass(frozen=True)
+class TierTable:
+    """A table that also reads the CPU tiers' metrics (notebook ``tables/tier_table``, parameter ``table``)."""
+    build: Callable[[str | Path, dict, dict], pd.DataFrame]     # (paper results folder, toy, digits) -> table
+    summary: Callable[[pd.DataFrame], str]                       # the table -> Markdown bullets
+    caption: str
+    label: str
+    intro: str          # Markdown
+
+
+TIER_TABLES = {
+    "divergence_ablation": TierTable(
+        divergence_ablation, _ablation_summary,
+        "Divergence ablation: the paper's CIFAR-10 FID (project page) and ours on CIFAR-10 (GPU runs), "
+        "digits (CPU) and the 2-D toy (CPU); not run = no run with that setting.", "tab:divergence-ablation",
+        "## The divergence ablation: the paper's CIFAR-10 grid beside our digits and toy runs\n\n"
+        "The paper's ablation (divergence × SiD initialisation × GAN term, CIFAR-10 unconditional by the digest's "
+        "reading of the project page) and, on the same rows, what our tiers measured with the same divergence and "
+        "setting: the paper tier's CIFAR-10 FID (GPU runs, when they exist), the digits tier (FID from 200 images and "
+        "the classifier Fréchet distance, mean over seeds) and the toy tier (teacher NLL and the smallest mode's "
+        "sample share over its weight, mean over seeds). Our CPU tiers use the GAN term and no SiD initialisation, so "
+        "rows with another setting say **not run**; divergences the paper did not ablate get rows of their own. The "
+        "tiers measure different things: read each column down, not across."),
+    "teacher_vs_student": TierTable(
+        teacher_vs_student, _teacher_student_summary,
+        "Teacher (multi-step) against the best one-step Uni-Instruct student: the paper's numbers and ours.",
+        "tab:teacher-vs-student",
+        "## Teacher against one-step student, tier by tier\n\n"
+        "For every tier, the multi-step teacher and the best one-step Uni-Instruct student: the paper's numbers (its "
+        "project page) and ours. The paper's students beat their teachers (FID 1.46 vs 1.97 on CIFAR-10); at the CPU "
+        "tiers' budgets (400 digits iterations, 1,500 toy iterations) ours do not yet. Teacher FIDs of the paper tier "
+        "are not computed by this project (**not run**)."),
+    "status": TierTable(
+        status_table, _status_summary,
+        "Reproduction status: the paper's Uni-Instruct FIDs, ours, and the hardware that produced ours.", "tab:status",
+        "## Reproduction status, method × dataset\n\n"
+        "Every Uni-Instruct number of the paper's result tables beside ours, and our CPU tiers' runs (which the paper "
+        "has no number for). This table is the README's status section: `uniinstruct readme` copies "
+        "`results/tables/status.md` there, and a test checks that they agree."),
+}
+
+
+def tier_table_report(name: str, results_dir: str | Path, toy_metrics: str | Path, digits_metrics: str | Path,
+                      out_dir: str | Path, params, started: float) -> pd.DataFrame:
+    """Build one of :data:`TIER_TABLES` from the paper tier's runs and the CPU tiers' metrics files, and write it."""
+    spec = _known(name, TIER_TABLES, "tier table")
+    toy, digits = (provenance.read_json(p) for p in (toy_metrics, digits_metrics))   # hardware: in the sidecars
+    table = spec.build(results_dir, toy, digits)
+    write_report(table, out_dir, name, caption=spec.caption, label_=spec.label,
+                 inputs=[*paper_run_files(results_dir), toy_metrics, digits_metrics], params=params, started=started)
+    return table
+
+
+def without_sources(table: pd.DataFrame) -> pd.DataFrame:
+    """The table as the notebooks display it: without its ``paper source`` column (the files keep it)."""
+    return table.drop(columns=[c for c in table.columns if c == "paper source"])
+
+
+UNIFICATION_CAPTION = ("Unification table: the paper's claims (Method to Gradient, from its Table 1) and what exact "
+                       "2-D mixtures show (ours).")
+
+
+def unification_table(rows: list[dict], ui_rows: list[dict], tolerance: float) -> pd.DataFrame:
+    """The unification table: the paper's Table 1 columns (``paper_data/unification_table.csv``), then ours.
+
+    ``rows``: ``unification.run_unification``'s records (one per method and variant); ``ui_rows``:
+    ``unification.run_uni_instruct``'s (Uni-Instruct's own estimators, the last row)."""
+    paper = {r["key"]: r for r in paper_data.read("unification_table")}
+    records = []
+    for r in rows:
+        p, best = paper[r["method"]], r["best"]
+        records.append({
+            "Method": r["title"], "Loss": p["loss"], "Div. in UI": p["div_in_ui"], "Task": p["task"],
+            "Gradient": p["gradient"], "setting": r["setting"],
+            "cosine to claim (per-σ)": r["claimed"]["per_sigma"]["cosine"],
+            "reproduced by (ours)": (f"{best['divergence']}, {best['form'].replace('_', '-')}"
+                                     if best["rel_error"] <= tolerance else "none"),
+            "cosine": best["cosine"], "scale c*": best["scale"], "rel. error": best["rel_error"],
+            "cosine (published)": r["published_options_vs_best"]["cosine"],
+            "status": r["status"], "paper source": p["source"],
+        })
+    ui = pd.DataFrame(ui_rows)
+    p = paper["uni_instruct"]
+    exact, official = ui[ui.estimator == "exact"], ui[ui.estimator == "official"]
+    records.append({
+        "Method": p["method"], "Loss": p["loss"], "Div. in UI": p["div_in_ui"], "Task": p["task"],
+        "Gradient": p["gradient"], "setting": "stochastic", "cosine to claim (per-σ)": float(exact.cosine.min()),
+        "reproduced by (ours)": "every divergence, per-σ (exact estimator)",
+        "cosine": float(exact.cosine.min()), "scale c*": float(exact.scale.iloc[(exact.scale - 1).abs().argmax()]),
+        "rel. error": float(exact.rel_error.max()),
+        "cosine (published)": float(official.cosine.min()),
+        "status": "verified" if bool(exact.verified.all()) else "NOT verified",
+        "paper source": p["source"],
+    })
+    return pd.DataFrame(records)
+
+
+def unification_report(rows: list[dict], ui_rows: list[dict], tolerance: float, out_dir: str | Path, params,
+                       started: float) -> pd.DataFrame:
+    """Write ``<out_dir>/unification.json`` (every record, with provenance) and the table's csv, md and tex."""
+    out = Path(out_dir)
+    provenance.write_json(out / "unification.json", {"methods": rows, "uni_instruct": ui_rows,
+                                                    "provenance": provenance.record(params, started)})
+    table = unification_table(rows, ui_rows, tolerance)
+    tables.write_table(table, out / "unification", caption=UNIFICATION_CAPTION, label="tab:unification")
+    return table
+
+
+def unification_markdown(rows: list[dict], summary: dict) -> str:
+    """Each method's status, then Uni-Instruct's worst exact-estimator error and the wall time."""
+    lines = [f"- **{r['title']}** (paper: {r['paper_divergence']}): {r['status']}" for r in rows]
+    return ("\n".join(lines) + f"\n\nUni-Instruct exact estimator, worst relative error over divergences: "
+            f"{summary['uni_instruct_exact_max_rel_error']:.1e}. Wall time {summary['wall_time_s']} s.")
 
 
 README_BEGIN = "<!-- status:begin (generated from results/tables/status.md by `uniinstruct readme`; do not edit) -->"

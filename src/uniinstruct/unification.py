@@ -122,6 +122,29 @@ def _score_units(method: methods.Method) -> methods.Method:
     return method.with_options(normalize=False) if "normalize" in method.options else method
 
 
+OUTCOMES = ("verified", "other_divergence", "not_reproduced")
+
+
+def outcome(claim: dict[str, float], best: dict[str, float], tolerance: float) -> str:
+    """One of :data:`OUTCOMES` from the comparisons (:func:`compare_scaled`) with the claimed divergence (per-σ) and
+    with the best match: a comparison holds when its scale is positive and its relative error within ``tolerance``."""
+    def holds(m):
+        return m["rel_error"] <= tolerance and m["scale"] > 0
+    return "verified" if holds(claim) else "other_divergence" if holds(best) else "not_reproduced"
+
+
+def summary(rows: list[dict[str, Any]], ui_rows: list[dict[str, Any]], tolerance: float) -> dict[str, Any]:
+    """Counts of :func:`run_unification`'s records by outcome and the extremes of :func:`run_uni_instruct`'s."""
+    found = [outcome(r["claimed"]["per_sigma"], r["best"], tolerance) for r in rows]
+    exact = [r for r in ui_rows if r["estimator"] == "exact"]
+    official = [r for r in ui_rows if r["estimator"] == "official"]
+    return {"methods": len(rows), "claims_verified": found.count("verified"),
+            "reproduced_by_other_divergence": found.count("other_divergence"),
+            "not_reproduced": found.count("not_reproduced"),
+            "uni_instruct_exact_max_rel_error": max(float(r["rel_error"]) for r in exact),
+            "uni_instruct_official_min_cosine": min(float(r["cosine"]) for r in official)}
+
+
 def run_unification(cfg: UnificationConfig) -> list[dict[str, Any]]:
     """One record per method (and per configured variant): claims, measured agreement, best match, status."""
     entries = [(m.name, m, {}) for m in (methods.get(n) for n in methods.names())]
@@ -150,11 +173,10 @@ def run_unification(cfg: UnificationConfig) -> list[dict[str, Any]]:
         table = {(f, form): compare_scaled(g, refs[setting][form][f]) for f in names for form in FORMS}
         best_key = min(table, key=lambda k: table[k]["rel_error"] if table[k]["scale"] > 0 else float("inf"))
         best = table[best_key]
-        claim = table[(claimed, "per_sigma")]
-        ok = lambda m: m["rel_error"] <= cfg.tolerance and m["scale"] > 0   # noqa: E731
-        if ok(claim):
+        found = outcome(table[(claimed, "per_sigma")], best, cfg.tolerance)
+        if found == "verified":
             status = "verified"
-        elif ok(best):
+        elif found == "other_divergence":
             status = f"claim not reproduced; reproduced by {best_key[0]} ({best_key[1].replace('_', '-')})"
         else:
             status = (f"not reproduced by any registered divergence (closest: {best_key[0]}, "
