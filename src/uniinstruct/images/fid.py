@@ -110,11 +110,16 @@ class InceptionFeatures(nn.Module):
         self.layers = self.base.layers if hasattr(self.base, "layers") else self.base.net.layers   # official | packaged
         self.weights = weights
 
+    @property
+    def device(self) -> torch.device:
+        """Where the network is (``.to(device)`` moves it): inputs are moved there, features come back on the CPU."""
+        return next(self.base.parameters()).device
+
     @torch.no_grad()
     def forward(self, x: Tensor) -> Tensor:
         if x.shape[1:] != (3, 299, 299):
             raise ValueError(f"expected [B, 3, 299, 299] images, got {tuple(x.shape)}")
-        return self.layers((x - 128) / 128).reshape(len(x), 2048)
+        return self.layers((x.to(self.device) - 128) / 128).reshape(len(x), 2048).cpu()
 
     @torch.no_grad()
     def native(self, x: Tensor) -> Tensor:
@@ -122,7 +127,7 @@ class InceptionFeatures(nn.Module):
         if self.weights.kind != "official":
             raise ValueError("the EDM protocol needs the official inception-2015-12-05.pt (it resizes inside the "
                              f"network); these weights are {self.weights.kind}")
-        return self.base(x.float(), return_features=True).reshape(len(x), 2048)
+        return self.base(x.to(self.device).float(), return_features=True).reshape(len(x), 2048).cpu()
 
 
 def clean_resize(images: Tensor) -> Tensor:
@@ -139,6 +144,7 @@ def inception_features(images: Tensor, model: InceptionFeatures, batch: int = 50
     """2048-d FID features of uint8 images [N, C, H, W]."""
     if images.dtype != torch.uint8:
         raise TypeError(f"FID expects uint8 images in [0, 255], got {images.dtype}")
+    images = images.cpu()                                    # the clean resize runs on the CPU (PIL)
     feats = [model(clean_resize(images[i:i + batch])).double().numpy()
              for i in tqdm(range(0, len(images), batch), desc="inception", disable=not progress)]
     return np.concatenate(feats)

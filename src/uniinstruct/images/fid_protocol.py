@@ -62,7 +62,8 @@ def features(images: Tensor, model: fid.InceptionFeatures, native: bool) -> np.n
 def fid_trials(generate: Callable[[Tensor, Tensor | None], Tensor], shape: tuple[int, ...], label_dim: int,
                model: fid.InceptionFeatures, reference: tuple[np.ndarray, np.ndarray], num_images: int = 50_000,
                blocks: tuple[int, ...] = EDM_BLOCKS, batch: int = 250, progress: bool = True) -> dict:
-    """FID of ``generate(z, labels) -> images in [−1, 1]`` in one trial per seed block; min, mean and std."""
+    """FID of ``generate(z, labels) -> images in [−1, 1]`` in one trial per seed block; min, mean and std. The images
+    stay where ``generate`` makes them and go to the Inception network's device (``model.to(device)``)."""
     native = model.weights.kind == "official"
     mu_ref, sigma_ref = reference
     fids = []
@@ -71,7 +72,7 @@ def fid_trials(generate: Callable[[Tensor, Tensor | None], Tensor], shape: tuple
         for i in tqdm(range(start, start + num_images, batch), desc=f"FID seeds {start}+", disable=not progress):
             z, labels = seeded_inputs(range(i, min(i + batch, start + num_images)), shape, label_dim)
             with torch.no_grad():
-                feats.append(features(to_uint8(generate(z, labels).cpu()), model, native))
+                feats.append(features(to_uint8(generate(z, labels)), model, native))   # on the model's device
         feats = np.concatenate(feats)
         fids.append(fid.frechet_to_reference(feats, mu_ref, sigma_ref))
     protocol = {"name": "EDM" if native else "proxy: clean-fid clean resize, packaged Inception (not EDM's)",

@@ -163,7 +163,7 @@ def fid_stage(cfg: PaperConfig, profile: PaperProfile, reference: Path | None = 
         sigma = torch.full((len(z),), s, device=device)
         return generator(s * z.to(device), sigma, None if labels is None else labels.to(device))
 
-    model = fid.InceptionFeatures(fid.find_weights(profile.fid.inception))
+    model = fid.InceptionFeatures(fid.find_weights(profile.fid.inception)).to(device)
     result = fid_protocol.fid_trials(generate, shape, generator.label_dim, model,
                                      fid_protocol.reference_stats(reference), profile.fid.num_images,
                                      tuple(profile.fid.seed_blocks), profile.fid.batch, progress)
