@@ -71,8 +71,9 @@ def euler_sampler(denoiser: Denoiser, latents: Tensor, num_steps: int = 18, sigm
     return _integrate(denoiser, latents, sigmas, second_order=False, progress=progress)
 
 
-@torch.no_grad()
-def one_step_sample(generator: Denoiser, z: Tensor, sigma_init: float = 2.5) -> Tensor:
-    """One-step generation x = G(σ_init · z, σ_init) of SiD / Uni-Instruct (EDM-style generator)."""
+def one_step_sample(generator: Callable[..., Tensor], z: Tensor, sigma_init: float = 2.5,
+                    labels: Tensor | None = None) -> Tensor:
+    """One-step generation x = G(σ_init · z, σ_init[, labels]) of SiD / Uni-Instruct (EDM-style generator), with the
+    generator's graph (wrap in ``torch.no_grad()`` to sample)."""
     sigma = torch.full((z.shape[0],), sigma_init, dtype=z.dtype, device=z.device)
-    return generator(sigma_init * z, sigma)
+    return generator(sigma_init * z, sigma) if labels is None else generator(sigma_init * z, sigma, labels)

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import math
 import shutil
 import sys
@@ -41,6 +42,7 @@ from tqdm.auto import tqdm
 
 from uniinstruct import divergences, losses, methods, provenance
 from uniinstruct.config import positive
+from uniinstruct.sampling import one_step_sample
 from uniinstruct.training import checkpoint, ddp
 
 RATIOS = ("logit", "released")
@@ -251,7 +253,7 @@ class Distiller:
             labels = ddp.shard(nn.functional.one_hot(labels, self.label_dim).float()).to(self.device)
         return ddp.shard(x).to(self.device), (labels if self.label_dim else None)
 
-    def net(self, net: Callable[..., Tensor], x: Tensor, sigma: Tensor, labels: Tensor | None, **kw):
+    def net(self, net: Callable[..., Tensor], x: Tensor, sigma: Tensor, labels: Tensor | None = None, **kw):
         """A network pass D(x; σ[, labels]) under the configured autocast."""
         args = (x, sigma) if labels is None else (x, sigma, labels)
         with torch.autocast(self.device.type, dtype=self.autocast or torch.float32, enabled=bool(self.autocast)):
@@ -259,9 +261,8 @@ class Distiller:
 
     def generate(self, z: Tensor, net: nn.Module | None = None, labels: Tensor | None = None) -> Tensor:
         """One-step samples G(σ_init z; σ_init[, labels])."""
-        net = self.G if net is None else net
-        return self.net(net, self.cfg.sigma_init * z, torch.full((len(z),), self.cfg.sigma_init, device=z.device),
-                        labels)
+        return one_step_sample(functools.partial(self.net, self.G if net is None else net), z, self.cfg.sigma_init,
+                               labels)
 
     def phase(self) -> str:
         if self.cur_nimg < self.cfg.warmup_fake_images:
