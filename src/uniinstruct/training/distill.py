@@ -42,7 +42,7 @@ from tqdm.auto import tqdm
 
 from uniinstruct import divergences, losses, methods, provenance
 from uniinstruct.config import positive
-from uniinstruct.sampling import one_step_sample
+from uniinstruct.sampling import one_step_sample, rho_schedule
 from uniinstruct.training import checkpoint, ddp
 
 RATIOS = ("logit", "released")
@@ -169,9 +169,8 @@ def method_of(cfg: DistillConfig) -> methods.Method:
 
 
 def generator_sigma(t: Tensor, cfg: DistillConfig) -> Tensor:
-    """EDM's ρ-schedule at t ∈ [0, 1] (t = 1 → σ_min), as the released code draws generator noise."""
-    lo, hi = cfg.sigma_min ** (1 / cfg.rho), cfg.sigma_max ** (1 / cfg.rho)
-    return (hi + (1 - t) * (lo - hi)) ** cfg.rho
+    """EDM's ρ-schedule at t ∈ [0, 1] (t = 0 → σ_min, t = 1 → σ_max), as the released code draws generator noise."""
+    return rho_schedule(1 - t, cfg.sigma_min, cfg.sigma_max, cfg.rho)
 
 
 def check_members(members: list[DistillConfig]) -> None:
