@@ -13,7 +13,7 @@ import time
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, Callable
 
 LIBRARIES = ("torch", "numpy", "scipy", "pandas", "matplotlib", "dvc", "papermill", "clean-fid", "uniinstruct")
 
@@ -79,17 +79,30 @@ def record(params: Any, started: float) -> dict[str, Any]:
     }
 
 
-def write_json(path: str | Path, payload: Any) -> Path:
-    """Write JSON atomically (temporary file in the same folder, then rename)."""
+def write_atomic(path: str | Path, write: Callable[[IO], Any], mode: str = "wb") -> Path:
+    """Write ``path`` through ``write(file)`` atomically: into a temporary file in the same folder, flushed and
+    fsynced, then renamed onto ``path``, so that a crash at any moment leaves either the previous file or the new one,
+    never a partial one. A temporary file that a killed write left behind is removed by the next write of ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for orphan in path.parent.glob(f".{path.name}.*.tmp"):
+        orphan.unlink(missing_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(payload, fh, indent=2, sort_keys=False, default=float)
-            fh.write("\n")
+        with os.fdopen(fd, mode) as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def write_json(path: str | Path, payload: Any) -> Path:
+    """Write JSON atomically (:func:`write_atomic`)."""
+    def write(fh: IO) -> None:
+        json.dump(payload, fh, indent=2, sort_keys=False, default=float)
+        fh.write("\n")
+    return write_atomic(path, write, "w")
