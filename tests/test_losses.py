@@ -166,14 +166,13 @@ def hand_exact(name, yr, yf, xg, sig, r):
 @pytest.mark.parametrize("per_sample_sigma", [False, True])
 @pytest.mark.parametrize("per_sample_weight", [False, True])
 def test_generator_exact(name, shape, per_sample_sigma, per_sample_weight):
-    yr, yf, xg, eps = arrays(shape, seed=2)
+    yr, yf, xg, _ = arrays(shape, seed=2)
     b = shape[0]
     sig = np.linspace(0.4, 1.6, b) if per_sample_sigma else 0.8
     weight = np.linspace(0.5, 2.0, b) if per_sample_weight else 1.7
     r = np.linspace(0.3, 4.0, b)
-    x_t = xg + np.reshape(sig, (-1,) + (1,) * (len(shape) - 1)) * eps
-    out = losses.generator_loss(divergences.get(name), t(yr), t(yf), t(xg), t(x_t), t(sig), t(r),
-                                estimator="exact", weight=t(weight) if per_sample_weight else weight)
+    out = losses.generator_loss(divergences.get(name), y_real=t(yr), y_fake=t(yf), x_g=t(xg), sigma=t(sig),
+                                ratio=t(r), estimator="exact", weight=t(weight) if per_sample_weight else weight)
     assert out.shape == (b,)
     close(out, weight * hand_exact(name, yr, yf, xg, sig, r)[0])
 
@@ -183,7 +182,8 @@ def test_generator_exact_ratio_gradient(name):
     yr, yf, xg = arrays((3, 2), seed=3, n=3)
     sig, r = np.array([0.5, 1.0, 2.0]), np.array([0.2, 1.0, 5.0])
     r_t = t(r, True)
-    losses.generator_loss(divergences.get(name), t(yr), t(yf), t(xg), t(xg), t(sig), r_t).sum().backward()
+    losses.generator_loss(divergences.get(name), y_real=t(yr), y_fake=t(yf), x_g=t(xg), sigma=t(sig),
+                          ratio=r_t).sum().backward()
     _, dh, d2h = HAND[name]
     _, dd, dv = hand_exact(name, yr, yf, xg, sig, r)
     close(r_t.grad, [-q * d2h(q) * dd[i] - 2 * dh(q) * dv[i] for i, q in enumerate(r)])
@@ -210,8 +210,8 @@ def test_generator_official_value(name, shape, options):
     yr, yf, xg = arrays(shape, seed=4, n=3)
     r = np.linspace(0.5, 3.0, shape[0])
     r_t = t(r, True)
-    out = losses.generator_loss(divergences.get(name), t(yr), t(yf), t(xg, True), t(xg), 1.0, r_t,
-                                estimator="official", weight=2.0, **options)
+    out = losses.generator_loss(divergences.get(name), y_real=t(yr), y_fake=t(yf), x_g=t(xg, True), sigma=1.0,
+                                ratio=r_t, estimator="official", weight=2.0, **options)
     assert out.shape == (shape[0],)
     close(out, 2.0 * hand_official(name, yr, yf, xg, r, **options)[0])
     out.sum().backward()
@@ -225,7 +225,7 @@ def test_generator_official_gradient(name, shape):
     yr, yf, xg = arrays(shape, seed=5, n=3)
     r = np.linspace(0.5, 3.0, shape[0])
     yr_t, yf_t, xg_t = t(yr, True), t(yf, True), t(xg, True)
-    losses.generator_loss(divergences.get(name), yr_t, yf_t, xg_t, xg_t.detach(), 1.0, t(r),
+    losses.generator_loss(divergences.get(name), y_real=yr_t, y_fake=yf_t, x_g=xg_t, sigma=1.0, ratio=t(r),
                           estimator="official").sum().backward()
     _, w_f, lam_di, n = hand_official(name, yr, yf, xg, r)
     col = (-1,) + (1,) * (len(shape) - 1)
@@ -238,5 +238,6 @@ def test_generator_official_gradient(name, shape):
 def test_generator_unknown_estimator():
     x = t(np.ones((2, 2)))
     with pytest.raises(ValueError) as err:
-        losses.generator_loss(divergences.get("fkl"), x, x, x, x, 1.0, t([1.0, 1.0]), estimator="cross")
+        losses.generator_loss(divergences.get("fkl"), y_real=x, y_fake=x, x_g=x, sigma=1.0, ratio=t([1.0, 1.0]),
+                              estimator="cross")
     assert "exact" in str(err.value) and "official" in str(err.value)

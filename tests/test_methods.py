@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from uniinstruct import methods, paper_data
+from uniinstruct import divergences, losses, methods, paper_data
 from uniinstruct.methods import PathBatch
 
 
@@ -138,3 +138,24 @@ def test_extras():
     core = methods.get("dmd2").generator_loss(batch)
     with_gan = methods.get("dmd2").generator_loss(batch, extras={"gan": torch.ones(5, dtype=torch.float64)})
     assert torch.allclose(with_gan, core + 1.0)
+
+
+def test_uni_instruct_is_a_method():
+    """Uni-Instruct is the registry's last row (not among the prior methods): its core is losses.generator_loss with
+    r = exp(ℓ) clipped, its trainer weight σ⁴/w_f except for the self-normalised official estimator, its warm-up RKL."""
+    ui = methods.get(methods.UNI_INSTRUCT)
+    assert methods.UNI_INSTRUCT not in methods.names() and ui.title == "Uni-Instruct (ours)" and ui.extras == ("gan",)
+    log_ratio = torch.tensor([-3.0, -0.5, 0.0, 0.7, 4.0], dtype=torch.float64)
+    theta, batch = make_batch(log_ratio=log_ratio)
+    for estimator in ("exact", "official"):
+        expected = losses.generator_loss(divergences.get("js"), y_real=batch.y_real, y_fake=batch.y_fake,
+                                         x_g=batch.x_g, sigma=batch.sigma, ratio=log_ratio.exp().clamp(0.1, 20.0),
+                                         estimator=estimator)
+        method = ui.with_options(divergence="js", estimator=estimator)
+        assert torch.equal(method.generator_loss(batch), expected)
+    w_f = losses.sid_weight_factor(batch.x_g, batch.y_real)
+    assert torch.equal(ui.trainer_weight(batch.sigma, w_f), batch.sigma**4 / w_f)
+    assert ui.with_options(estimator="official").trainer_weight(batch.sigma, w_f) == 1.0
+    assert ui.warmup_options == {"divergence": "rkl"} and not methods.get("sida").warmup_options
+    with pytest.raises(ValueError, match="unknown ratio estimator 'oracle'"):
+        ui.with_options(ratio="oracle").generator_loss(batch)

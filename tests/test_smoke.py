@@ -72,7 +72,8 @@ def test_uni_instruct_generator_step(nets, name, estimator, ratio_kind):
         ratio = losses.ratio_from_logit(logit)
     else:   # as the released code: n_dims of CIFAR make its ℓ ≫ 1, so r ≈ 1 in the Forward-KL branch
         ratio = losses.released_code_ratio(logit, losses.sid_weight_factor(x_g, y_real), n_dims=3072)
-    loss = losses.generator_loss(divergences.get(name), y_real, y_fake, x_g, x_t, sigma, ratio, estimator)
+    loss = losses.generator_loss(divergences.get(name), y_real=y_real, y_fake=y_fake, x_g=x_g, sigma=sigma,
+                                 ratio=ratio, estimator=estimator)
     gan = losses.generator_gan_loss(logit)
     step(gen, loss.mean() + 0.01 * gan.mean())
 
@@ -84,7 +85,7 @@ def test_released_ratio_of_js_and_chi2_branches_is_refused(nets, branch):
     ratio = losses.released_code_ratio(logit, losses.sid_weight_factor(x_g, y_real), n_dims=3072, branch=branch)
     assert torch.all(ratio < 0)                     # the released code's "ratio" is about −1 here
     with pytest.raises(ValueError, match="must be positive and finite"):
-        losses.generator_loss(divergences.get("js"), y_real, y_fake, x_g, x_t, sigma, ratio)
+        losses.generator_loss(divergences.get("js"), y_real=y_real, y_fake=y_fake, x_g=x_g, sigma=sigma, ratio=ratio)
 
 
 @pytest.mark.parametrize("name", methods.names())

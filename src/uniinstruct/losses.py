@@ -1,8 +1,8 @@
 """Uni-Instruct's training objectives as pure functions on tensors (digest §3.2, §5).
 
-Inputs are what a trainer has at hand: EDM denoiser outputs (x₀-predictions) of the teacher
-``y_real = D_φ(x_σ)`` and of the fake score ``y_fake = D_ψ(x_σ)``, the generator output ``x_g``,
-its noised version ``x_σ = x_g + σ ε``, the noise level ``σ`` and discriminator logits. Every loss is
+Inputs are what a trainer has at hand, passed by name: EDM denoiser outputs (x₀-predictions) of the
+teacher ``y_real = D_φ(x_σ)`` and of the fake score ``y_fake = D_ψ(x_σ)`` at ``x_σ = x_g + σ ε``, the
+generator output ``x_g``, the noise level ``σ`` and discriminator logits. Every loss is
 **per sample** (shape ``[B]``); the trainer scales and averages. Scores follow from Tweedie:
 ``s = (D(x_σ) − x_σ)/σ²``, so ``Δ = s_p − s_q = (y_fake − y_real)/σ²`` and
 ``v = s_p − ∇log p(x_σ|x_g) = (y_fake − x_g)/σ²``.
@@ -98,8 +98,7 @@ def released_code_ratio(logit_fake: Tensor, w_f: Tensor, n_dims: int, branch: st
 
 
 # ---------------------------------------------------------------------------- generator losses
-def _exact(div: Divergence, y_real: Tensor, y_fake: Tensor, x_g: Tensor, x_t: Tensor, sigma: Tensor,
-           ratio: Tensor) -> Tensor:
+def _exact(div: Divergence, *, y_real: Tensor, y_fake: Tensor, x_g: Tensor, sigma: Tensor, ratio: Tensor) -> Tensor:
     """Boxed surrogate (h − r h')‖Δ‖² − 2 h Δᵀv, everything through the sample path."""
     s2 = _per_sample(sigma, x_g) ** 2
     delta = _flat(y_fake - y_real) / s2
@@ -107,9 +106,10 @@ def _exact(div: Divergence, y_real: Tensor, y_fake: Tensor, x_g: Tensor, x_t: Te
     return div.lambda_fgm(ratio) * delta.pow(2).sum(1) - 2.0 * div.h(ratio) * (delta * v).sum(1)
 
 
-def _official(div: Divergence, y_real: Tensor, y_fake: Tensor, x_g: Tensor, x_t: Tensor, sigma: Tensor,
-              ratio: Tensor, fgm: bool = False, batch_norm: Tensor | float | None = None) -> Tensor:
-    """sg(h)·SIM/w_f + DI (+ FGM), the released code's structure (digest §5.3), per sample.
+def _official(div: Divergence, *, y_real: Tensor, y_fake: Tensor, x_g: Tensor, sigma: Tensor, ratio: Tensor,
+              fgm: bool = False, batch_norm: Tensor | float | None = None) -> Tensor:
+    """sg(h)·SIM/w_f + DI (+ FGM), the released code's structure (digest §5.3), per sample; σ is not used (the
+    released code's terms have no σ-dependent factor beyond SiD's w_f).
 
     SIM = Σ (y_real − y_fake)(y_fake − x_g) / w_f (SiD with α = 1); DI = Σ sg[λ_DI (y_fake − y_real)
     ‖y_fake − y_real‖] x_g with the norm taken over the whole batch, as the code does; FGM =
@@ -139,7 +139,7 @@ def generator_estimator(name: str) -> Callable[..., Tensor]:
     return GENERATOR_ESTIMATORS[name]
 
 
-def generator_loss(div: Divergence, y_real: Tensor, y_fake: Tensor, x_g: Tensor, x_t: Tensor, sigma,
+def generator_loss(div: Divergence, *, y_real: Tensor, y_fake: Tensor, x_g: Tensor, sigma: Tensor | float,
                    ratio: Tensor, estimator: str = "exact", weight: Tensor | float = 1.0, **options) -> Tensor:
     """Per-sample Uni-Instruct generator loss for divergence ``div`` (see the module docstring).
 
@@ -149,7 +149,7 @@ def generator_loss(div: Divergence, y_real: Tensor, y_fake: Tensor, x_g: Tensor,
     if not bool(torch.all(torch.isfinite(ratio) & (ratio > 0))):
         raise ValueError("the density ratio r = q/p must be positive and finite; the released code's ratio "
                          "(released_code_ratio) is about −1 in its JS and χ² branches and cannot be used with them")
-    loss = estimate(div, y_real, y_fake, x_g, x_t, sigma, ratio, **options)
+    loss = estimate(div, y_real=y_real, y_fake=y_fake, x_g=x_g, sigma=sigma, ratio=ratio, **options)
     if loss.shape != (x_g.shape[0],):
         raise RuntimeError(f"generator loss must be per sample, got shape {tuple(loss.shape)}")
     return weight * loss

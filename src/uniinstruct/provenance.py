@@ -13,7 +13,7 @@ import time
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, Callable
 
 LIBRARIES = ("torch", "numpy", "scipy", "pandas", "matplotlib", "dvc", "papermill", "clean-fid", "uniinstruct")
 
@@ -91,29 +91,42 @@ def volatile_path(path: str | Path) -> Path:
     return path.with_name(f"{path.stem}.volatile.json")
 
 
-def _write_atomic(path: Path, payload: Any) -> None:
+def write_atomic(path: str | Path, write: Callable[[IO], Any], mode: str = "wb") -> Path:
+    """Write ``path`` through ``write(file)`` atomically: into a temporary file in the same folder, flushed and
+    fsynced, then renamed onto ``path``, so that a crash at any moment leaves either the previous file or the new one,
+    never a partial one. A temporary file that a killed write left behind is removed by the next write of ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for orphan in path.parent.glob(f".{path.name}.*.tmp"):
+        orphan.unlink(missing_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(payload, fh, indent=2, sort_keys=False, default=float)
-            fh.write("\n")
+        with os.fdopen(fd, mode) as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    return path
+
+
+def _dump(payload: Any) -> Callable[[IO], None]:
+    def write(fh: IO) -> None:
+        json.dump(payload, fh, indent=2, sort_keys=False, default=float)
+        fh.write("\n")
+    return write
 
 
 def write_json(path: str | Path, payload: Any) -> Path:
-    """Write JSON atomically (temporary file in the same folder, then rename); the ``VOLATILE`` fields of a
-    ``provenance`` block go to :func:`volatile_path` instead (written first: a result never lacks its sidecar)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write JSON atomically (:func:`write_atomic`); the ``VOLATILE`` fields of a ``provenance`` block go to
+    :func:`volatile_path` instead (written first: a result never lacks its sidecar)."""
     prov = payload.get("provenance") if isinstance(payload, dict) else None
     if isinstance(prov, dict) and any(key in prov for key in VOLATILE):
-        _write_atomic(volatile_path(path), {key: prov[key] for key in VOLATILE if key in prov})
+        write_atomic(volatile_path(path), _dump({key: prov[key] for key in VOLATILE if key in prov}), "w")
         payload = {**payload, "provenance": {k: v for k, v in prov.items() if k not in VOLATILE}}
-    _write_atomic(path, payload)
-    return path
+    return write_atomic(path, _dump(payload), "w")
 
 
 def read_json(path: str | Path) -> Any:

@@ -1,8 +1,9 @@
 """Samplers for EDM-style denoisers ``D(x, σ) ≈ E[x_0 | x_σ = x]`` under VE noise ``x_σ = x_0 + σ ε``.
 
 Follows Karras et al. 2022, "Elucidating the Design Space of Diffusion-Based Generative Models":
-the noise levels of Eq. 5 and the deterministic Heun sampler of Algorithm 1 (S_churn = 0), which
-integrates the probability-flow ODE ``dx/dσ = (x − D(x, σ)) / σ`` from σ_max down to 0. The
+the noise levels of Eq. 5 (a schedule, kept apart from the samplers that step through it) and the
+deterministic Heun sampler of Algorithm 1 (S_churn = 0), which integrates the probability-flow ODE
+``dx/dσ = (x − D(x, σ)) / σ`` from σ_max down to 0. The
 denoiser takes ``x`` of any shape ``[N, ...]`` and ``sigma`` as a tensor of shape ``[N]``. The
 one-step generator convention of SiD / Uni-Instruct (``x = G(σ_init z, σ_init)``) is included.
 """
@@ -18,14 +19,20 @@ from tqdm.auto import tqdm
 Denoiser = Callable[[Tensor, Tensor], Tensor]
 
 
+def rho_schedule(frac: Tensor, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0) -> Tensor:
+    """Karras et al. 2022, Eq. 5 at fractions ``frac`` ∈ [0, 1] of the way from σ_max (0) to σ_min (1):
+    (σ_max^{1/ρ} + frac (σ_min^{1/ρ} − σ_max^{1/ρ}))^ρ."""
+    lo, hi = sigma_min ** (1.0 / rho), sigma_max ** (1.0 / rho)
+    return (hi + frac * (lo - hi)) ** rho
+
+
 def karras_sigmas(num_steps: int, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0,
                   dtype: torch.dtype = torch.float64) -> Tensor:
     """Noise levels of Karras et al. 2022, Eq. 5: σ_0 = σ_max > … > σ_{N−1} = σ_min, then σ_N = 0."""
     if num_steps < 1:
         raise ValueError(f"num_steps must be at least 1, got {num_steps}")
-    frac = torch.arange(num_steps, dtype=torch.float64) / max(num_steps - 1, 1)
-    lo, hi = sigma_min ** (1.0 / rho), sigma_max ** (1.0 / rho)
-    sigmas = (hi + frac * (lo - hi)) ** rho
+    sigmas = rho_schedule(torch.arange(num_steps, dtype=torch.float64) / max(num_steps - 1, 1), sigma_min, sigma_max,
+                          rho)
     return torch.cat([sigmas, sigmas.new_zeros(1)]).to(dtype)
 
 
@@ -71,8 +78,9 @@ def euler_sampler(denoiser: Denoiser, latents: Tensor, num_steps: int = 18, sigm
     return _integrate(denoiser, latents, sigmas, second_order=False, progress=progress)
 
 
-@torch.no_grad()
-def one_step_sample(generator: Denoiser, z: Tensor, sigma_init: float = 2.5) -> Tensor:
-    """One-step generation x = G(σ_init · z, σ_init) of SiD / Uni-Instruct (EDM-style generator)."""
+def one_step_sample(generator: Callable[..., Tensor], z: Tensor, sigma_init: float = 2.5,
+                    labels: Tensor | None = None) -> Tensor:
+    """One-step generation x = G(σ_init · z, σ_init[, labels]) of SiD / Uni-Instruct (EDM-style generator), with the
+    generator's graph (wrap in ``torch.no_grad()`` to sample)."""
     sigma = torch.full((z.shape[0],), sigma_init, dtype=z.dtype, device=z.device)
-    return generator(sigma_init * z, sigma)
+    return generator(sigma_init * z, sigma) if labels is None else generator(sigma_init * z, sigma, labels)

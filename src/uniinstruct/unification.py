@@ -220,8 +220,8 @@ def run_uni_instruct(cfg: UnificationConfig, names: list[str] | None = None) -> 
 
     def loss_fn(div, estimator):
         def loss(f, x0, xt):
-            return losses.generator_loss(div, f["y_real"], f["y_fake"], x0, xt, sigma, torch.exp(f["log_ratio"]),
-                                         estimator=estimator, **options[estimator])
+            return losses.generator_loss(div, y_real=f["y_real"], y_fake=f["y_fake"], x_g=x0, sigma=sigma,
+                                         ratio=torch.exp(f["log_ratio"]), estimator=estimator, **options[estimator])
         return loss
 
     keys = {(n, e): loss_fn(divergences.get(n), e) for n in names for e in losses.GENERATOR_ESTIMATORS}

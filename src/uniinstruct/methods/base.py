@@ -1,4 +1,5 @@
 """What a distillation method is here: its published generator loss on one batch, and its paper tags.
+Uni-Instruct itself is one (its divergence, estimator and ratio are options), so a trainer has one code path.
 
 A method's *core* loss is written as its own paper states the generator update, on the tensors a
 trainer has (:class:`PathBatch`). Additive terms (reward, regression, data fidelity, GAN) are
@@ -35,9 +36,13 @@ class PathBatch:
     weight: Tensor | float = 1.0             # time weighting w(σ), per sample or scalar
 
 
+def _normalises(options: Mapping[str, Any]) -> bool:
+    return bool(options.get("normalize", False))
+
+
 @dataclass(frozen=True)
 class Method:
-    """A prior method of the unification table, in its published form."""
+    """A method of the unification table (a prior method, or Uni-Instruct), in its published form."""
 
     name: str                                # registry name
     title: str                               # as the paper's table writes it
@@ -51,6 +56,9 @@ class Method:
     options: Mapping[str, Any] = field(default_factory=dict)  # keyword options of ``core`` (α, normalisation, …)
     note: str = ""                           # how the published form maps to scores, in one sentence
     sigma_power: int = 0                     # σ^p brings the unnormalised core from score to denoiser units
+    normalises: Callable[[Mapping[str, Any]], bool] = _normalises   # options -> whether the core normalises itself
+    warmup_options: Mapping[str, Any] = field(default_factory=dict)  # core options of the released code's SIM
+                                                                      # warm-up phase; empty: no such phase
 
     def with_options(self, **options: Any) -> "Method":
         """The same method with some core options changed (unknown options raise ValueError)."""
@@ -61,9 +69,10 @@ class Method:
         return replace(self, options={**self.options, **options})
 
     def trainer_weight(self, sigma: Tensor, w_f: Tensor) -> Tensor | float:
-        """The per-sample weight a trainer applies: 1 when the core normalises itself (``normalize``),
-        else σ^p / w_f, i.e. denoiser units over SiD's normaliser, as the EDM-lineage peers train."""
-        if self.options.get("normalize", False):
+        """The per-sample weight a trainer applies: 1 when the core normalises itself (``normalises``: by default
+        its ``normalize`` option), else σ^p / w_f, i.e. denoiser units over SiD's normaliser, as the EDM-lineage
+        peers train."""
+        if self.normalises(self.options):
             return 1.0
         return sigma**self.sigma_power / w_f
 

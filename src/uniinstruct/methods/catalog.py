@@ -1,4 +1,4 @@
-"""The fifteen prior methods of Uni-Instruct's unification table, each in its published form.
+"""The fifteen prior methods of Uni-Instruct's unification table, each in its published form, and Uni-Instruct.
 
 Notation (VE, EDM denoisers): ε_φ = (x_σ − D_φ(x_σ))/σ is the teacher's noise prediction,
 Δ = s_p − s_q = (D_ψ − D_φ)/σ², v = s_p − ∇log p(x_σ|x_g) = (D_ψ − x_g)/σ². ``inject(g, x)`` is the
@@ -111,6 +111,24 @@ def sid(b: PathBatch, alpha: float = 1.2, normalize: bool = True, guidance: floa
     return loss / (losses.sid_weight_factor(b.x_g, y_real) if normalize else b.sigma**4)
 
 
+# ---------------------------------------------------------------------------- Uni-Instruct
+def uni_instruct(b: PathBatch, divergence: str = "fkl", estimator: str = "exact", ratio: str = "logit",
+                 ratio_clip: tuple[float, float] = (0.1, 20.0), ratio_n_dims: int = 3072) -> Tensor:
+    """Uni-Instruct: the tractable loss of the expanded f-divergence ``divergence`` (digest §3.2; ``estimator``
+    exact or official, :mod:`uniinstruct.losses`), r = q/p per sample from the discriminator's logit clipped to
+    ``ratio_clip`` (``logit``, Theorem B.3) or the released code's batch-level ratio (``released``, digest §5.4)."""
+    if b.log_ratio is None:
+        raise ValueError("Uni-Instruct needs PathBatch.log_ratio (the discriminator's logit)")
+    if ratio == "logit":
+        r = losses.ratio_from_logit(b.log_ratio, tuple(ratio_clip))
+    elif ratio == "released":
+        r = losses.released_code_ratio(b.log_ratio, losses.sid_weight_factor(b.x_g, b.y_real), ratio_n_dims)
+    else:
+        raise ValueError(f"unknown ratio estimator {ratio!r}; valid: logit, released")
+    return losses.generator_loss(divergences.get(divergence), y_real=b.y_real, y_fake=b.y_fake, x_g=b.x_g,
+                                 sigma=b.sigma, ratio=r, estimator=estimator)
+
+
 # ---------------------------------------------------------------------------- the registry rows
 _CITATIONS = {
     "diff_instruct": "Luo et al., NeurIPS 2023, arXiv:2305.18455",
@@ -154,16 +172,31 @@ _SPECS = {
 
 
 _SIGMA_POWER = {diff_instruct: 2, vsd: 2, sds: 2, dds: 2, dmd: 2, f_distill: 2, sim: 4, sid: 4}
+UNI_INSTRUCT = "uni_instruct"
+
+
+def _row(r: dict, **spec) -> Method:
+    return Method(name=r["key"], title=r["method"], task=r["task"], paper_loss=r["loss"],
+                  paper_divergence=r["div_in_ui"], paper_gradient=r["gradient"], **spec)
 
 
 def catalog() -> list[Method]:
-    """The table rows in the paper's order: its columns from ``paper_data/unification_table.csv``, the
+    """The prior methods' rows in the paper's order: its columns from ``paper_data/unification_table.csv``, the
     published losses from this module."""
     rows = [r for r in paper_data.read("unification_table") if r["key"] in _SPECS]
     if [r["key"] for r in rows] != list(_SPECS):
         raise RuntimeError("paper_data/unification_table.csv and the method specs disagree")
-    return [Method(name=r["key"], title=r["method"], citation=_CITATIONS[r["key"]], task=r["task"],
-                   paper_loss=r["loss"], paper_divergence=r["div_in_ui"], paper_gradient=r["gradient"],
-                   core=_SPECS[r["key"]][0], extras=_SPECS[r["key"]][1], options=_SPECS[r["key"]][2],
-                   note=_SPECS[r["key"]][3], sigma_power=_SIGMA_POWER[_SPECS[r["key"]][0]])
+    return [_row(r, citation=_CITATIONS[r["key"]], core=_SPECS[r["key"]][0], extras=_SPECS[r["key"]][1],
+                 options=_SPECS[r["key"]][2], note=_SPECS[r["key"]][3], sigma_power=_SIGMA_POWER[_SPECS[r["key"]][0]])
             for r in rows]
+
+
+def uni_instruct_method() -> Method:
+    """The table's last row: Uni-Instruct, in denoiser units over SiD's normaliser unless its estimator is the
+    released code's (which normalises itself), with the released code's SIM (RKL) warm-up."""
+    row = next(r for r in paper_data.read("unification_table") if r["key"] == UNI_INSTRUCT)
+    return _row(row, citation="Wang et al., NeurIPS 2025, arXiv:2505.20755", core=uni_instruct, extras=("gan",),
+                options={"divergence": "fkl", "estimator": "exact", "ratio": "logit", "ratio_clip": (0.1, 20.0),
+                         "ratio_n_dims": 3072},
+                sigma_power=4, normalises=lambda options: options["estimator"] == "official",
+                warmup_options={"divergence": "rkl"})

@@ -5,6 +5,8 @@
 
 Backbones take ``(x_in, c_noise, class_labels)`` (one-hot labels, or None when unconditional) and return ``(F, logits)``: the denoising head's output and, when they have one, the logits of a
 discriminator head on the shared encoder (Uni-Instruct's fake score doubles as its discriminator).
+The coefficients (:func:`edm_coefficients`) and the sinusoidal noise embedding are shared with EDM's paper-scale
+networks (``edm_unets.py``).
 """
 
 from __future__ import annotations
@@ -13,6 +15,18 @@ import torch
 from torch import Tensor, nn
 
 
+def edm_coefficients(sigma: Tensor, sigma_data: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(c_skip, c_out, c_in, c_noise) of Karras et al. 2022, Table 1, at σ (c_noise flattened to [B])."""
+    sd2 = sigma_data**2
+    c_skip = sd2 / (sigma**2 + sd2)
+    c_out = sigma * sigma_data / torch.sqrt(sigma**2 + sd2)
+    c_in = 1.0 / torch.sqrt(sigma**2 + sd2)
+    c_noise = torch.log(sigma.flatten()) / 4.0
+    return c_skip, c_out, c_in, c_noise
+
+
+# One class cannot serve both tiers: EDM's EDMPrecondNet (networks/edm_unets.py) must keep EDM's parameter names
+# (``model.*``), its fp32/fp16 casts, label handling and encoder/decoder split; both share edm_coefficients.
 class EDMPrecond(nn.Module):
     """An x₀-predicting denoiser D(x; σ) with EDM's preconditioning."""
 
@@ -23,12 +37,23 @@ class EDMPrecond(nn.Module):
 
     def forward(self, x: Tensor, sigma: Tensor, class_labels: Tensor | None = None, return_logits: bool = False):
         sigma = sigma.to(x.dtype).reshape(-1, *([1] * (x.ndim - 1)))
-        sd2 = self.sigma_data**2
-        c_skip = sd2 / (sigma**2 + sd2)
-        c_out = sigma * self.sigma_data / torch.sqrt(sigma**2 + sd2)
-        c_in = 1.0 / torch.sqrt(sigma**2 + sd2)
-        c_noise = torch.log(sigma.flatten()) / 4.0
+        c_skip, c_out, c_in, c_noise = edm_coefficients(sigma, self.sigma_data)
         out, logits = self.backbone(c_in * x, c_noise, class_labels)
         denoised = c_skip * x + c_out * out.to(x.dtype)      # fp32 outputs under autocast
         logits = logits.to(x.dtype) if logits is not None else None
         return (denoised, logits) if return_logits else denoised
+
+
+# Sinusoidal embedding of c_noise, shared by EDM's UNets (networks/edm_unets.py) and the digits UNet (networks/unet.py).
+def positional_frequencies(num_channels: int, max_positions: int = 10_000, endpoint: bool = False,
+                           device: torch.device | None = None) -> Tensor:
+    """f_k = (1/max_positions)^(k/n), k < num_channels/2, n = num_channels/2 (− 1 with ``endpoint``), in float32."""
+    half = num_channels // 2
+    exponent = torch.arange(half, dtype=torch.float32, device=device) / (half - (1 if endpoint else 0))
+    return (1.0 / max_positions) ** exponent
+
+
+def positional_embedding(c: Tensor, freqs: Tensor) -> Tensor:
+    """[cos(c·f_k), sin(c·f_k)] of a [B] tensor c."""
+    angle = torch.outer(c, freqs)
+    return torch.cat([angle.cos(), angle.sin()], dim=1)

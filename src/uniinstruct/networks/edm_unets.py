@@ -34,6 +34,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from uniinstruct.networks.edm import edm_coefficients, positional_embedding, positional_frequencies
+
 
 # --------------------------------------------------------------------------------------------------------------------
 # Layers with EDM's parameter names. Weights stay in their own dtype and are cast to the input's at use, so that
@@ -207,11 +209,8 @@ class PositionalEmbedding(nn.Module):
         self.num_channels, self.max_positions, self.endpoint = num_channels, max_positions, endpoint
 
     def forward(self, c: Tensor) -> Tensor:
-        half = self.num_channels // 2
-        exponent = torch.arange(half, dtype=torch.float32, device=c.device) / (half - (1 if self.endpoint else 0))
-        freqs = (1.0 / self.max_positions) ** exponent
-        angle = torch.outer(c, freqs.to(c.dtype))
-        return torch.cat([angle.cos(), angle.sin()], dim=1)
+        freqs = positional_frequencies(self.num_channels, self.max_positions, self.endpoint, c.device)
+        return positional_embedding(c, freqs.to(c.dtype))
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -485,11 +484,7 @@ class EDMPrecondNet(nn.Module):
             class_labels = class_labels.to(torch.float32).reshape(-1, self.label_dim)
         half = self.use_fp16 and not force_fp32 and x.device.type == "cuda"
         dtype = torch.float16 if half else torch.float32
-        sd2 = self.sigma_data ** 2
-        c_skip = sd2 / (sigma ** 2 + sd2)
-        c_out = sigma * self.sigma_data / (sigma ** 2 + sd2).sqrt()
-        c_in = 1 / (sd2 + sigma ** 2).sqrt()
-        c_noise = sigma.log().flatten() / 4
+        c_skip, c_out, c_in, c_noise = edm_coefficients(sigma, self.sigma_data)
         return x, (c_in * x).to(dtype), c_noise, class_labels, c_skip, c_out
 
     def forward(self, x: Tensor, sigma: Tensor | float, class_labels: Tensor | None = None, force_fp32: bool = False,

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 
+# Not networks/edm.py's positional embedding: other frequencies (2^k/4 · 2π), c_noise itself kept, sin before cos.
 class FourierNoise(nn.Module):
     """c_noise ↦ [c_noise, sin(2π f c_noise), cos(2π f c_noise)] for a few fixed frequencies f."""
 

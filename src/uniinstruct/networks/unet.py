@@ -15,6 +15,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from uniinstruct.networks.edm import positional_embedding, positional_frequencies
+
 
 def _norm(channels: int) -> nn.GroupNorm:
     """GroupNorm with up to 32 groups (the largest count that divides ``channels``)."""
@@ -22,16 +24,18 @@ def _norm(channels: int) -> nn.GroupNorm:
 
 
 class PositionalEmbedding(nn.Module):
-    """Transformer-style sinusoidal embedding of the scalar c_noise: [cos(c f_k), sin(c f_k)], f_k = 10⁴^(−k/n)."""
+    """Transformer-style sinusoidal embedding of the scalar c_noise: [cos(c f_k), sin(c f_k)], f_k = 10⁴^(−k/n).
+
+    The functions of networks/edm.py that EDM's UNets use too, in float32, with the frequencies kept as a buffer: the
+    digits checkpoints hold ``freqs``; EDM's class (edm_unets.py), whose checkpoints have no such key, computes them
+    at each call, so one class cannot serve both."""
 
     def __init__(self, channels: int, max_positions: int = 10_000):
         super().__init__()
-        half = channels // 2
-        self.register_buffer("freqs", (1.0 / max_positions) ** (torch.arange(half, dtype=torch.float32) / half))
+        self.register_buffer("freqs", positional_frequencies(channels, max_positions))
 
     def forward(self, c_noise: Tensor) -> Tensor:
-        angle = c_noise.float()[:, None] * self.freqs
-        return torch.cat([torch.cos(angle), torch.sin(angle)], dim=1)
+        return positional_embedding(c_noise.float(), self.freqs)
 
 
 class SelfAttention(nn.Module):

@@ -26,7 +26,7 @@ from uniinstruct.config import positive, valid_names
 from uniinstruct.images.classifier import ClassifierConfig
 from uniinstruct.images.data import ImageDataset, load, one_hot, save_grid
 from uniinstruct.networks import EDMPrecond, UNet, parameter_count
-from uniinstruct.sampling import heun_nfe, heun_sampler
+from uniinstruct.sampling import heun_nfe, heun_sampler, one_step_sample
 from uniinstruct.training import checkpoint, ddp
 from uniinstruct.training.distill import DistillConfig, Distiller, prune_runs, run_name_of, train_and_record
 
@@ -252,8 +252,7 @@ def one_step_samples(cfg: DigitsConfig, data: ImageDataset, run_dir: Path, teach
         iteration = state["iteration"]
     z = torch.randn(cfg.n_samples, *data.shape, generator=torch.Generator().manual_seed(10_000 + dcfg.seed))
     labels = sample_labels(cfg, data, cfg.n_samples)
-    sigma = torch.full((cfg.n_samples,), dcfg.sigma_init)
-    out = [net(dcfg.sigma_init * z[i:i + 500], sigma[i:i + 500], None if labels is None else labels[i:i + 500])
+    out = [one_step_sample(net, z[i:i + 500], dcfg.sigma_init, None if labels is None else labels[i:i + 500])
            for i in range(0, len(z), 500)]
     return torch.cat(out).float(), iteration
 

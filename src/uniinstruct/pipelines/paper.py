@@ -29,6 +29,7 @@ from uniinstruct.config import inherit, known_keys, positive
 from uniinstruct.images import fid, fid_protocol
 from uniinstruct.images.cifar import load_cifar10, load_edm_zip
 from uniinstruct.networks.edm_unets import EDMPrecondNet
+from uniinstruct.sampling import one_step_sample
 from uniinstruct.teachers import registry
 from uniinstruct.teachers.prepare import load_strict, prepare_teacher, spec
 from uniinstruct.training import checkpoint, ddp
@@ -156,12 +157,11 @@ def fid_stage(cfg: PaperConfig, profile: PaperProfile, reference: Path | None = 
     generator.to(device)
     if reference is None:
         reference = registry.fetch(registry.get(profile.fid.reference), Path(cfg.folder) / "fid-refs", progress).path
-    s = profile.distill.sigma_init
     shape = (generator.img_channels, generator.img_resolution, generator.img_resolution)
 
     def generate(z: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
-        sigma = torch.full((len(z),), s, device=device)
-        return generator(s * z.to(device), sigma, None if labels is None else labels.to(device))
+        return one_step_sample(generator, z.to(device), profile.distill.sigma_init,
+                               None if labels is None else labels.to(device))
 
     model = fid.InceptionFeatures(fid.find_weights(profile.fid.inception)).to(device)
     result = fid_protocol.fid_trials(generate, shape, generator.label_dim, model,

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from uniinstruct import divergences, losses, methods, parallel, provenance
 from uniinstruct.config import ConfigError, from_dict, inherit, positive, valid_names
 from uniinstruct.networks import EDMPrecond, toy_denoiser
-from uniinstruct.sampling import heun_nfe, heun_sampler
+from uniinstruct.sampling import heun_nfe, heun_sampler, one_step_sample
 from uniinstruct.toy.metrics import mixture_moments, toy_report
 from uniinstruct.toy.mixture import GaussianMixture
 from uniinstruct.toy.problems import benchmark
@@ -347,7 +347,7 @@ def ceiling_stage(cfg: ToyConfig, params: dict, run_dir: Path, teacher_dir: Path
     net, history = fit_ceiling(cfg, teacher_dir, seed, iterations)
     z = torch.randn(cfg.n_samples, 2, generator=torch.Generator().manual_seed(10_000 + seed))
     with torch.no_grad():
-        samples = net(cfg.distill.sigma_init * z, torch.full((len(z),), cfg.distill.sigma_init))
+        samples = one_step_sample(net, z, cfg.distill.sigma_init)
     checkpoint.save_atomic(samples.double(), run_dir / "samples.pt", finite=False)
     record = {"kind": "ceiling", "config": asdict(cfg.ceiling), "network": network(cfg), "seed": seed,
               "iterations": iterations, "status": "ok",

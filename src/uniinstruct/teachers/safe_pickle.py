@@ -23,10 +23,8 @@ import _compat_pickle
 import hashlib
 import io
 import json
-import os
 import pickle
 import re
-import tempfile
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +34,7 @@ import numpy as np
 import torch
 
 from uniinstruct.teachers.download import sha256_file
+from uniinstruct.provenance import write_atomic
 from uniinstruct.training.checkpoint import save_atomic
 
 
@@ -350,17 +349,6 @@ def _class_names(obj: Stub) -> Iterator[str]:
             yield from _class_names(child)
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def convert(src: str | Path, dst: str | Path, key: str = "ema") -> dict[str, Any]:
     """Convert network ``key`` of EDM pickle ``src`` to a state_dict at ``dst`` and ``dst.json``; returns the JSON.
 
@@ -386,7 +374,7 @@ def convert(src: str | Path, dst: str | Path, key: str = "ema") -> dict[str, Any
     text = json.dumps(info, indent=2)
     save_atomic({name: t for name, t, _ in tensors}, dst)
     try:
-        _write_text_atomic(dst.with_suffix(".json"), text)
+        write_atomic(dst.with_suffix(".json"), lambda fh: fh.write(text), "w")
     except BaseException:
         dst.unlink(missing_ok=True)
         raise

@@ -1,22 +1,22 @@
 """Atomic, checked tensor files (checkpoints, teachers, classifiers, sample sets).
 
-:func:`save_atomic` writes to a temporary file in the same folder, fsyncs, then renames: a crash at any moment leaves
-either the previous file or the new one, never a partial one (a temporary file that a killed save left behind is
-removed by the next save). The files are torch's zip format, which stores a CRC-32 of every record; :func:`load`
+:func:`save_atomic` writes through :func:`uniinstruct.provenance.write_atomic` (a temporary file in the same folder,
+fsynced, then renamed): a crash at any moment leaves either the previous file or the new one, never a partial one (a
+temporary file that a killed save left behind is removed by the next save). The files are torch's zip format, which stores a CRC-32 of every record; :func:`load`
 checks them all before unpickling (``weights_only=True``: tensors, plain containers and numbers only), so a
 flipped bit or a truncated file is a one-line :class:`CorruptFileError` naming the file, never silently wrong weights.
 """
 
 from __future__ import annotations
 
-import os
 import pickle
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from uniinstruct.provenance import write_atomic
 
 
 class CorruptFileError(ValueError):
@@ -30,20 +30,7 @@ def save_atomic(state: Any, path: str | Path, finite: bool = True) -> Path:
         if finite else []
     if bad:
         raise FloatingPointError(f"refusing to checkpoint non-finite tensors: {', '.join(bad[:5])}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    for orphan in path.parent.glob(f".{path.name}.*.tmp"):        # left by a save that was killed
-        orphan.unlink(missing_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(state, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_atomic(path, lambda fh: torch.save(state, fh))
 
 
 def load(path: str | Path) -> Any:

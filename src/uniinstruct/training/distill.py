@@ -6,7 +6,8 @@ Each iteration alternates
    discriminator head on the fake score's encoder;
 2. a generator update on x_g = G(σ_init z; σ_init), x_σ = x_g + σε with σ from the EDM schedule truncated at
    t_max: the Uni-Instruct loss of the configured divergence and estimator (or a prior method's
-   published loss), plus the GAN term.
+   published loss), plus the GAN term. Uni-Instruct is a :class:`~uniinstruct.methods.Method` like the prior ones
+   (:func:`method_of`): one code path.
 
 Warm-up as in the released code: the generator is not stepped for the first ``warmup_fake_images``, then
 trained with RKL (pure SIM) until ``warmup_sim_images``. All randomness comes from one seeded
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import math
 import shutil
 import sys
@@ -40,6 +42,7 @@ from tqdm.auto import tqdm
 
 from uniinstruct import divergences, losses, methods, provenance
 from uniinstruct.config import positive
+from uniinstruct.sampling import one_step_sample, rho_schedule
 from uniinstruct.training import checkpoint, ddp
 
 RATIOS = ("logit", "released")
@@ -55,7 +58,7 @@ RealSampler = Callable[[int, torch.Generator], tuple[Tensor, Tensor | None]]  # 
 class DistillConfig:
     divergence: str = "fkl"            # f-divergence of Uni-Instruct (ignored when ``method`` is set)
     estimator: str = "exact"           # generator estimator: exact | official
-    method: str = ""                   # a prior method of the registry instead of Uni-Instruct ("" = Uni-Instruct)
+    method: str = ""                   # a method of the registry; "" = Uni-Instruct with the settings above
     ratio: str = "logit"               # logit: r = exp(ℓ) per sample; released: the released code's batch-level ratio
     ratio_clip: list[float] = field(default_factory=lambda: [0.1, 20.0])   # clip of the per-sample ratio
     ratio_n_dims: int = 3072           # C·H·W in the released ratio's formula (3072 = CIFAR-10)
@@ -155,10 +158,19 @@ def run_name_of(cfg: DistillConfig) -> str:
     return run_name(cfg.divergence, cfg.estimator, cfg.seed, cfg.method, cfg.ratio, cfg.use_gan)
 
 
+def method_of(cfg: DistillConfig) -> methods.Method:
+    """The method a run trains with: ``cfg.method``, or Uni-Instruct with the run's divergence, estimator and ratio."""
+    name = cfg.method or methods.UNI_INSTRUCT
+    method = methods.get(name)
+    if name != methods.UNI_INSTRUCT:
+        return method
+    return method.with_options(divergence=cfg.divergence, estimator=cfg.estimator, ratio=cfg.ratio,
+                               ratio_clip=tuple(cfg.ratio_clip), ratio_n_dims=cfg.ratio_n_dims)
+
+
 def generator_sigma(t: Tensor, cfg: DistillConfig) -> Tensor:
-    """EDM's ρ-schedule at t ∈ [0, 1] (t = 1 → σ_min), as the released code draws generator noise."""
-    lo, hi = cfg.sigma_min ** (1 / cfg.rho), cfg.sigma_max ** (1 / cfg.rho)
-    return (hi + (1 - t) * (lo - hi)) ** cfg.rho
+    """EDM's ρ-schedule at t ∈ [0, 1] (t = 0 → σ_min, t = 1 → σ_max), as the released code draws generator noise."""
+    return rho_schedule(1 - t, cfg.sigma_min, cfg.sigma_max, cfg.rho)
 
 
 def check_members(members: list[DistillConfig]) -> None:
@@ -171,7 +183,7 @@ def check_members(members: list[DistillConfig]) -> None:
     if differ:
         raise ValueError(f"runs trained together must share every setting but {', '.join(sorted(MEMBER_KEYS))}; "
                          f"these differ: {', '.join(differ)}")
-    if len({bool(m.method) for m in members}) > 1:
+    if len({bool(method_of(m).warmup_options) for m in members}) > 1:
         raise ValueError("runs trained together are all prior methods or all Uni-Instruct (their warm-ups differ)")
     if len(members) > 1 and (ddp.world()[1] > 1 or members[0].batch_gpu):
         raise ValueError("several runs train together in one process and on whole batches (no torchrun, batch_gpu 0)")
@@ -205,7 +217,7 @@ class Distiller:
         self.rngs = [torch.Generator().manual_seed(m.seed) for m in self.members]   # one stream per member
         self.opt_fake = torch.optim.Adam(fake.parameters(), lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.adam_eps)
         self.opt_g = torch.optim.Adam(generator.parameters(), lr=cfg.glr, betas=tuple(cfg.betas), eps=cfg.adam_eps)
-        self.methods = [methods.get(m.method) if m.method else None for m in self.members]
+        self.methods = [method_of(m) for m in self.members]
         self.iteration, self.cur_nimg, self.histories = 0, 0, [[] for _ in self.members]
         self.resumed_from = 0          # the iteration the last call of train() started at
         self._shape = tuple(sample_real(1, torch.Generator().manual_seed(0))[0].shape[1:])
@@ -240,7 +252,7 @@ class Distiller:
             labels = ddp.shard(nn.functional.one_hot(labels, self.label_dim).float()).to(self.device)
         return ddp.shard(x).to(self.device), (labels if self.label_dim else None)
 
-    def net(self, net: Callable[..., Tensor], x: Tensor, sigma: Tensor, labels: Tensor | None, **kw):
+    def net(self, net: Callable[..., Tensor], x: Tensor, sigma: Tensor, labels: Tensor | None = None, **kw):
         """A network pass D(x; σ[, labels]) under the configured autocast."""
         args = (x, sigma) if labels is None else (x, sigma, labels)
         with torch.autocast(self.device.type, dtype=self.autocast or torch.float32, enabled=bool(self.autocast)):
@@ -248,14 +260,13 @@ class Distiller:
 
     def generate(self, z: Tensor, net: nn.Module | None = None, labels: Tensor | None = None) -> Tensor:
         """One-step samples G(σ_init z; σ_init[, labels])."""
-        net = self.G if net is None else net
-        return self.net(net, self.cfg.sigma_init * z, torch.full((len(z),), self.cfg.sigma_init, device=z.device),
-                        labels)
+        return one_step_sample(functools.partial(self.net, self.G if net is None else net), z, self.cfg.sigma_init,
+                               labels)
 
     def phase(self) -> str:
         if self.cur_nimg < self.cfg.warmup_fake_images:
             return "fake_only"
-        if self.cur_nimg < self.cfg.warmup_sim_images and not self.cfg.method:
+        if self.cur_nimg < self.cfg.warmup_sim_images and self.methods[0].warmup_options:
             return "sim"
         return "divergence"
 
@@ -298,12 +309,6 @@ class Distiller:
         self.opt_fake.step()
         return logs
 
-    @staticmethod
-    def _ratio(cfg: DistillConfig, logit: Tensor, x_g: Tensor, y_real: Tensor) -> Tensor:
-        if cfg.ratio == "logit":
-            return losses.ratio_from_logit(logit, tuple(cfg.ratio_clip))
-        return losses.released_code_ratio(logit, losses.sid_weight_factor(x_g, y_real), cfg.ratio_n_dims)
-
     def generator_loss(self, phase: str, z: Tensor, c_g: Tensor | None, sigma: Tensor,
                        eps: Tensor) -> tuple[Tensor, list[dict[str, Tensor]]]:
         """Each member's generator loss on one slice of the batch [members], and its terms (for the logs)."""
@@ -327,23 +332,17 @@ class Distiller:
             member_terms.append(terms)
         return torch.stack(member_losses), member_terms
 
-    def _member_generator_loss(self, cfg: DistillConfig, method: methods.Method | None, phase: str,
+    def _member_generator_loss(self, cfg: DistillConfig, method: methods.Method, phase: str,
                                path: methods.PathBatch) -> tuple[Tensor, dict[str, Tensor]]:
-        """One member's generator loss (the mean over its samples) and its terms."""
+        """One member's generator loss (the mean over its samples) and its terms; in the SIM warm-up, the method's
+        warm-up options and no GAN term (as the released code)."""
+        if phase == "sim":
+            method = method.with_options(**method.warmup_options)
         w_f = losses.sid_weight_factor(path.x_g, path.y_real)
-        if method is not None:
-            core = method.generator_loss(replace(path, weight=method.trainer_weight(path.sigma, w_f)))
-            gan = cfg.use_gan and "gan" in method.extras
-        else:
-            div = divergences.get("rkl" if phase == "sim" else cfg.divergence)
-            ratio = self._ratio(cfg, path.log_ratio, path.x_g, path.y_real)
-            weight = path.sigma**4 / w_f if cfg.estimator == "exact" else 1.0     # denoiser units, SiD-normalised
-            core = losses.generator_loss(div, path.y_real, path.y_fake, path.x_g, path.x_t, path.sigma, ratio,
-                                         cfg.estimator, weight)
-            gan = cfg.use_gan and phase == "divergence"
+        core = method.generator_loss(replace(path, weight=method.trainer_weight(path.sigma, w_f)))
         terms = {"generator": core.mean()}
         loss = cfg.lsg * terms["generator"]
-        if gan:
+        if cfg.use_gan and phase == "divergence" and "gan" in method.extras:
             terms["generator_gan"] = losses.generator_gan_loss(path.log_ratio).mean()
             loss = loss + cfg.lsg_gan * terms["generator_gan"]
         return loss, terms
@@ -567,5 +566,5 @@ def schedule_summary(cfg: DistillConfig) -> dict[str, int]:
     """Iterations spent in each phase (for logs and tests)."""
     to_iter = lambda images: min(cfg.iterations, math.ceil(images / cfg.batch))   # noqa: E731
     fake_only = to_iter(cfg.warmup_fake_images)
-    sim = (to_iter(cfg.warmup_sim_images) - fake_only) if not cfg.method else 0
+    sim = (to_iter(cfg.warmup_sim_images) - fake_only) if method_of(cfg).warmup_options else 0
     return {"fake_only": fake_only, "sim": sim, "divergence": cfg.iterations - fake_only - sim}
