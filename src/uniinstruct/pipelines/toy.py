@@ -19,9 +19,8 @@ from pathlib import Path
 
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
-from uniinstruct import divergences, losses, methods, parallel, provenance
+from uniinstruct import divergences, methods, parallel, provenance
 from uniinstruct.config import ConfigError, from_dict, positive, valid_names
 from uniinstruct.networks import EDMPrecond, toy_denoiser
 from uniinstruct.sampling import heun_nfe, heun_sampler
@@ -30,19 +29,9 @@ from uniinstruct.toy.mixture import GaussianMixture
 from uniinstruct.toy.problems import benchmark
 from uniinstruct.training import checkpoint
 from uniinstruct.training.distill import MEMBER_KEYS, DistillConfig, Distiller, prune_runs, run_name, schedule_summary
+from uniinstruct.training.teacher import TeacherTrainConfig, final_loss, fit_adam_cosine, train_denoiser
 
 TEACHERS = ("analytic", "learned")
-
-
-@dataclass
-class TeacherTrainConfig:
-    iterations: int = 3000          # Adam steps of the learned teacher (EDM loss)
-    batch: int = 512
-    lr: float = 2e-3
-    seed: int = 0
-
-    def check(self):
-        return positive(iterations=self.iterations, batch=self.batch, lr=self.lr)
 
 
 @dataclass
@@ -117,7 +106,8 @@ class ToyConfig:
     teacher: str = "analytic"       # denoiser in the losses: analytic (exact) | learned (the MLP teacher)
     hidden: int = 64                # width of every toy MLP (teacher, fake score, generator)
     depth: int = 3                  # hidden layers
-    teacher_train: TeacherTrainConfig = field(default_factory=TeacherTrainConfig)
+    teacher_train: TeacherTrainConfig = field(      # Adam steps of the learned teacher (EDM loss)
+        default_factory=lambda: TeacherTrainConfig(iterations=3000, batch=512))
     n_samples: int = 4000           # samples per run for the metrics
     heun_steps: int = 18            # the teacher's reference sampler (NFE = 2·steps − 1)
     distill: DistillConfig = field(default_factory=DistillConfig)
@@ -165,37 +155,10 @@ def real_sampler(mixture: GaussianMixture):
 # ---------------------------------------------------------------------------- teacher stage
 def train_teacher(cfg: ToyConfig, progress: bool = False) -> tuple[EDMPrecond, list[float]]:
     """An MLP denoiser fitted to the mixture's samples with EDM's loss (log-normal σ, λ(σ) weighting)."""
-    mixture, t = benchmark(cfg.benchmark), cfg.teacher_train
+    mixture = benchmark(cfg.benchmark)
     sd = data_std(mixture)
-    torch.manual_seed(t.seed)
-    net = toy_denoiser(mixture.dim, cfg.hidden, cfg.depth, sd)
-    gen = torch.Generator().manual_seed(t.seed)
-
-    def batch_loss():
-        x = mixture.sample(t.batch, generator=gen).float()
-        sigma = torch.exp(torch.randn(t.batch, generator=gen) * cfg.distill.p_std + cfg.distill.p_mean)
-        noise = torch.randn(x.shape, generator=gen) * sigma[:, None]
-        return losses.fake_score_loss(net(x + noise, sigma), x, sigma, sd).mean()
-
-    history = fit_adam_cosine(net, batch_loss, t.iterations, t.lr, "teacher", progress)
-    return net.requires_grad_(False), history
-
-
-def fit_adam_cosine(net: nn.Module, batch_loss, iterations: int, lr: float, desc: str = "fit",
-                    progress: bool = False) -> list[float]:
-    """``iterations`` Adam steps on ``batch_loss()`` with the learning rate cosine-annealed from ``lr`` to 0; the
-    losses."""
-    opt = torch.optim.Adam(net.parameters(), lr=lr)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, iterations)
-    history = []
-    for _ in tqdm(range(iterations), desc=desc, disable=not progress):
-        loss = batch_loss()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        history.append(loss.item())
-    return history
+    return train_denoiser(cfg.teacher_train, lambda: toy_denoiser(mixture.dim, cfg.hidden, cfg.depth, sd),
+                          real_sampler(mixture), sd, cfg.distill.p_mean, cfg.distill.p_std, progress=progress)
 
 
 def teacher_file(cfg: ToyConfig) -> str:
@@ -237,8 +200,8 @@ def teacher_stage(cfg: ToyConfig, params: dict, out_dir: Path, progress: bool = 
     wide = widened(cfg)
     wide_net, wide_history = train_teacher(wide, progress)      # the wide runs' starting point
     checkpoint.save_atomic(wide_net.state_dict(), out_dir / teacher_file(wide))
-    record = {"benchmark": cfg.benchmark, "final_loss": sum(history[-100:]) / min(100, len(history)),
-              "wide_final_loss": sum(wide_history[-100:]) / min(100, len(wide_history)),
+    record = {"benchmark": cfg.benchmark, "final_loss": final_loss(history),
+              "wide_final_loss": final_loss(wide_history),
               "heun_steps": cfg.heun_steps, "nfe": heun_nfe(cfg.heun_steps)}
     for kind, denoiser in (("analytic", MixtureDenoiser(benchmark(cfg.benchmark))), ("learned", net)):
         gen = torch.Generator().manual_seed(cfg.teacher_train.seed + 1)
@@ -351,7 +314,7 @@ def ceiling_stage(cfg: ToyConfig, params: dict, run_dir: Path, teacher_dir: Path
     checkpoint.save_atomic(samples.double(), run_dir / "samples.pt", finite=False)
     record = {"kind": "ceiling", "config": asdict(cfg.ceiling), "network": network(cfg), "seed": seed,
               "iterations": iterations, "status": "ok",
-              "final_loss": sum(history[-100:]) / min(100, len(history)),
+              "final_loss": final_loss(history),
               "history": [{"iteration": i + 1, "mse": v} for i, v in enumerate(history) if (i + 1) % 100 == 0]}
     provenance.write_json(run_dir / "run.json", {**record, "provenance": provenance.record(params, started)})
     return record
