@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import copy
 import json
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -29,7 +28,7 @@ from uniinstruct.networks import EDMPrecond, UNet, parameter_count
 from uniinstruct.sampling import heun_nfe, heun_sampler
 from uniinstruct.training import checkpoint, ddp
 from uniinstruct.training.distill import DistillConfig, Distiller, prune_runs, run_name_of, train_and_record
-from uniinstruct.training.teacher import TeacherTrainConfig, final_loss, train_denoiser
+from uniinstruct.training.teacher import TeacherTrainConfig, distiller_from_teacher, final_loss, train_denoiser
 
 
 @dataclass
@@ -166,10 +165,8 @@ class _with_labels(torch.nn.Module):
 # ---------------------------------------------------------------------------- distill stage
 def build_distiller(cfg: DigitsConfig, dcfg: DistillConfig, data: ImageDataset, teacher_dir: Path) -> Distiller:
     """The fake score and the generator both start as copies of the teacher (digest §5.1)."""
-    teacher = load_teacher(cfg, data, teacher_dir)
-    fake, gen = copy.deepcopy(teacher).requires_grad_(True), copy.deepcopy(teacher).requires_grad_(True)
-    return Distiller(dcfg, teacher, fake.train(), gen.train(), real_sampler(data), cfg.sigma_data,
-                     label_dim(cfg, data))
+    return distiller_from_teacher(dcfg, load_teacher(cfg, data, teacher_dir), real_sampler(data), cfg.sigma_data,
+                                  label_dim(cfg, data))
 
 
 def distill_stage(cfg: DigitsConfig, dcfg: DistillConfig, params: dict, run_dir: Path, teacher_dir: Path,

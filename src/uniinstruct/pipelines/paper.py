@@ -14,7 +14,6 @@ gradient scaler (ImageNet-64 ran in fp16; ``precision: bf16`` is the substitute)
 
 from __future__ import annotations
 
-import copy
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,7 +28,8 @@ from uniinstruct.networks.edm_unets import EDMPrecondNet
 from uniinstruct.teachers import registry
 from uniinstruct.teachers.prepare import load_strict, prepare_teacher, spec
 from uniinstruct.training import checkpoint, ddp
-from uniinstruct.training.distill import DistillConfig, Distiller, train_and_record
+from uniinstruct.training.distill import DistillConfig, train_and_record
+from uniinstruct.training.teacher import distiller_from_teacher
 
 
 @dataclass
@@ -123,8 +123,7 @@ def distill_stage(cfg: PaperConfig, profile: PaperProfile, progress: bool = True
         idx = torch.randint(len(images), (n,), generator=gen)
         return images[idx].float() / 127.5 - 1, (labels[idx] if labels is not None else None)
 
-    fake, gen = copy.deepcopy(teacher).requires_grad_(True).train(), copy.deepcopy(teacher).requires_grad_(True).train()
-    distiller = Distiller(dcfg, teacher, fake, gen, sample_real, teacher.sigma_data, teacher.label_dim)
+    distiller = distiller_from_teacher(dcfg, teacher, sample_real, teacher.sigma_data, teacher.label_dim)
     return train_and_record(distiller, Path(cfg.folder) / profile.name, asdict(profile), started, progress)
 
 

@@ -29,7 +29,8 @@ from uniinstruct.toy.mixture import GaussianMixture
 from uniinstruct.toy.problems import benchmark
 from uniinstruct.training import checkpoint
 from uniinstruct.training.distill import MEMBER_KEYS, DistillConfig, Distiller, prune_runs, run_name, schedule_summary
-from uniinstruct.training.teacher import TeacherTrainConfig, final_loss, fit_adam_cosine, train_denoiser
+from uniinstruct.training.teacher import (TeacherTrainConfig, distiller_from_teacher, final_loss, fit_adam_cosine,
+                                         train_denoiser)
 
 TEACHERS = ("analytic", "learned")
 
@@ -217,12 +218,11 @@ def teacher_stage(cfg: ToyConfig, params: dict, out_dir: Path, progress: bool = 
 def build_distiller(cfg: ToyConfig, dcfgs: DistillConfig | list[DistillConfig], teacher_dir: Path) -> Distiller:
     """One run, or several trained together (stacked networks): fake score and generator start from the MLP
     teacher's weights; the losses use ``loss_teacher``."""
-    mixture, dcfgs = benchmark(cfg.benchmark), dcfgs if isinstance(dcfgs, list) else [dcfgs]
-    init = load_mlp_teacher(cfg, teacher_dir).state_dict()
-    fake, gen = (toy_denoiser(2, cfg.hidden, cfg.depth, data_std(mixture), len(dcfgs)) for _ in range(2))
-    stacked = checkpoint.stack_members([init] * len(dcfgs), checkpoint.buffer_names(gen))
-    fake.load_state_dict(stacked), gen.load_state_dict(stacked)
-    return Distiller(dcfgs, loss_teacher(cfg, teacher_dir), fake, gen, real_sampler(mixture), data_std(mixture))
+    mixture = benchmark(cfg.benchmark)
+    sd = data_std(mixture)
+    return distiller_from_teacher(dcfgs, load_mlp_teacher(cfg, teacher_dir), real_sampler(mixture), sd,
+                                  loss_teacher=loss_teacher(cfg, teacher_dir),
+                                  stacked=lambda members: toy_denoiser(2, cfg.hidden, cfg.depth, sd, members))
 
 
 def distill_stage(cfg: ToyConfig, dcfgs: list[DistillConfig], params: list[dict], run_dirs: list[Path],
