@@ -28,7 +28,8 @@ from uniinstruct.toy.metrics import mixture_moments, toy_report
 from uniinstruct.toy.mixture import GaussianMixture
 from uniinstruct.toy.problems import benchmark
 from uniinstruct.training import checkpoint
-from uniinstruct.training.distill import MEMBER_KEYS, DistillConfig, Distiller, prune_runs, run_name, schedule_summary
+from uniinstruct.training.distill import (MEMBER_KEYS, DistillConfig, Distiller, prune_runs, record_runs, run_name,
+                                         train_status)
 from uniinstruct.training.teacher import (TeacherTrainConfig, distiller_from_teacher, final_loss, fit_adam_cosine,
                                          train_denoiser)
 
@@ -238,21 +239,19 @@ def distill_stage(cfg: ToyConfig, dcfgs: list[DistillConfig], params: list[dict]
     for run_dir in run_dirs:
         run_dir.mkdir(parents=True, exist_ok=True)
     distiller = build_distiller(cfg, dcfgs, teacher_dir)
-    status = {"status": "ok"}
     try:
-        distiller.train(run_dirs, progress)
-    except FloatingPointError as err:
-        if len(dcfgs) > 1:
-            bad = getattr(err, "member", None)
-            groups = [[bad], [r for r in range(len(dcfgs)) if r != bad]] if bad is not None else \
-                [[r] for r in range(len(dcfgs))]
-            records = {}
-            for group in groups:
-                pick = lambda seq: [seq[r] for r in group]     # noqa: E731
-                records.update(zip(group, distill_stage(cfg, pick(dcfgs), pick(params), pick(run_dirs), teacher_dir,
-                                                        progress)))
-            return [records[r] for r in range(len(dcfgs))]
-        status = {"status": "diverged", "diverged_at": distiller.iteration, "error": str(err)}
+        status = train_status(distiller, run_dirs, progress)
+    except FloatingPointError as err:           # one of several runs trained together: the others go on apart
+        bad = getattr(err, "member", None)
+        groups = [[bad], [r for r in range(len(dcfgs)) if r != bad]] if bad is not None else \
+            [[r] for r in range(len(dcfgs))]
+        records = {}
+        for group in groups:
+            pick = lambda seq: [seq[r] for r in group]     # noqa: E731
+            records.update(zip(group, distill_stage(cfg, pick(dcfgs), pick(params), pick(run_dirs), teacher_dir,
+                                                    progress)))
+        return [records[r] for r in range(len(dcfgs))]
+    if status["status"] == "diverged":
         distiller = build_distiller(cfg, dcfgs, teacher_dir)
         if (run_dirs[0] / "checkpoint.pt").exists():
             distiller.load_state_dict(checkpoint.load(run_dirs[0] / "checkpoint.pt"))
@@ -261,15 +260,9 @@ def distill_stage(cfg: ToyConfig, dcfgs: list[DistillConfig], params: list[dict]
                    for d in dcfgs])
     with torch.no_grad():
         samples = distiller.generate(z, distiller.G_ema).chunk(len(dcfgs))
-    names = [run_dir.name for run_dir in run_dirs]
-    records = []
-    for dcfg, run_params, run_dir, history, x in zip(dcfgs, params, run_dirs, distiller.histories, samples):
+    for run_dir, x in zip(run_dirs, samples):
         checkpoint.save_atomic(x.double(), run_dir / "samples.pt", finite=False)
-        record = {"config": asdict(dcfg), "network": network(cfg), **status, "resumed_from": distiller.resumed_from,
-                  "trained_with": names, "schedule": schedule_summary(dcfg), "history": history}
-        provenance.write_json(run_dir / "run.json", {**record, "provenance": provenance.record(run_params, started)})
-        records.append(record)
-    return records
+    return record_runs(distiller, run_dirs, params, started, status, network=network(cfg))
 
 
 # ---------------------------------------------------------------------------- ceiling stage
