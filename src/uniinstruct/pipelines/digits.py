@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from uniinstruct import divergences, losses, parallel, provenance
 from uniinstruct.config import positive, valid_names
 from uniinstruct.images.classifier import ClassifierConfig
-from uniinstruct.images.data import ImageDataset, load, one_hot, save_grid
+from uniinstruct.images.data import ImageDataset, index_sampler, load, one_hot, save_grid
 from uniinstruct.networks import EDMPrecond, UNet, parameter_count
 from uniinstruct.sampling import heun_nfe, heun_sampler
 from uniinstruct.training import checkpoint, ddp
@@ -113,10 +113,7 @@ def build_network(cfg: DigitsConfig, data: ImageDataset) -> EDMPrecond:
 
 def real_sampler(data: ImageDataset):
     """(n, generator) -> (n images drawn with replacement, their labels)."""
-    def sample(n: int, gen: torch.Generator):
-        idx = torch.randint(len(data.images), (n,), generator=gen)
-        return data.images[idx], (data.labels[idx] if data.labels is not None else None)
-    return sample
+    return index_sampler(data.images, data.labels)
 
 
 def sample_labels(cfg: DigitsConfig, data: ImageDataset, n: int) -> torch.Tensor | None:

@@ -24,6 +24,7 @@ from uniinstruct import provenance
 from uniinstruct.config import positive
 from uniinstruct.images import fid, fid_protocol
 from uniinstruct.images.cifar import load_cifar10, load_edm_zip
+from uniinstruct.images.data import index_sampler
 from uniinstruct.networks.edm_unets import EDMPrecondNet
 from uniinstruct.teachers import registry
 from uniinstruct.teachers.prepare import load_strict, prepare_teacher, spec
@@ -119,10 +120,7 @@ def distill_stage(cfg: PaperConfig, profile: PaperProfile, progress: bool = True
     teacher = load_teacher(cfg, profile, **network_overrides)
     images, labels = load_data(profile, teacher.label_dim)
 
-    def sample_real(n: int, gen: torch.Generator):
-        idx = torch.randint(len(images), (n,), generator=gen)
-        return images[idx].float() / 127.5 - 1, (labels[idx] if labels is not None else None)
-
+    sample_real = index_sampler(images, labels, lambda x: x.float() / 127.5 - 1)
     distiller = distiller_from_teacher(dcfg, teacher, sample_real, teacher.sigma_data, teacher.label_dim)
     return train_and_record(distiller, Path(cfg.folder) / profile.name, asdict(profile), started, progress)
 
