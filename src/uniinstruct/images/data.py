@@ -75,6 +75,16 @@ def to_uint8(images: Tensor) -> Tensor:
     return ((images.float() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
 
 
+def index_sampler(images: Tensor, labels: Tensor | None = None,
+                  convert: Callable[[Tensor], Tensor] | None = None) -> Callable[[int, torch.Generator], tuple]:
+    """(n, generator) -> (n images drawn with replacement, their labels or None): a Distiller's real-data sampler;
+    ``convert`` maps each drawn batch (e.g. uint8 pixels to [−1, 1])."""
+    def sample(n: int, gen: torch.Generator):
+        idx = torch.randint(len(images), (n,), generator=gen)
+        return images[idx] if convert is None else convert(images[idx]), (labels[idx] if labels is not None else None)
+    return sample
+
+
 def one_hot(labels: Tensor | None, num_classes: int) -> Tensor | None:
     """One-hot float labels for class-conditional networks, None when unconditional."""
     if not num_classes:

@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import copy
 import json
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -24,11 +23,12 @@ from tqdm.auto import tqdm
 from uniinstruct import divergences, losses, parallel, provenance
 from uniinstruct.config import positive, valid_names
 from uniinstruct.images.classifier import ClassifierConfig
-from uniinstruct.images.data import ImageDataset, load, one_hot, save_grid
+from uniinstruct.images.data import ImageDataset, index_sampler, load, one_hot, save_grid
 from uniinstruct.networks import EDMPrecond, UNet, parameter_count
 from uniinstruct.sampling import heun_nfe, heun_sampler, one_step_sample
 from uniinstruct.training import checkpoint, ddp
 from uniinstruct.training.distill import DistillConfig, Distiller, prune_runs, run_name_of, train_and_record
+from uniinstruct.training.teacher import TeacherTrainConfig, distiller_from_teacher, final_loss, train_denoiser
 
 
 @dataclass
@@ -41,17 +41,6 @@ class NetworkConfig:
 
     def check(self):
         return positive(model_channels=self.model_channels, num_blocks=self.num_blocks)
-
-
-@dataclass
-class TeacherTrainConfig:
-    iterations: int = 2000      # Adam steps of EDM's denoising loss
-    batch: int = 64
-    lr: float = 2e-3            # peak of a cosine schedule
-    seed: int = 0
-
-    def check(self):
-        return positive(iterations=self.iterations, batch=self.batch, lr=self.lr)
 
 
 @dataclass
@@ -86,7 +75,8 @@ class DigitsConfig:
     conditional: bool = False          # class-conditional teacher, fake score and generator
     sigma_data: float = 0.5            # EDM's σ_data for data in [−1, 1]
     network: NetworkConfig = field(default_factory=NetworkConfig)
-    teacher_train: TeacherTrainConfig = field(default_factory=TeacherTrainConfig)
+    teacher_train: TeacherTrainConfig = field(        # Adam steps of EDM's loss
+        default_factory=lambda: TeacherTrainConfig(iterations=2000, batch=64))
     heun_steps: int = 18               # the teacher's reference sampler (NFE = 2·steps − 1)
     n_samples: int = 1000              # samples per model for the classifier FD and the grids
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
@@ -123,10 +113,7 @@ def build_network(cfg: DigitsConfig, data: ImageDataset) -> EDMPrecond:
 
 def real_sampler(data: ImageDataset):
     """(n, generator) -> (n images drawn with replacement, their labels)."""
-    def sample(n: int, gen: torch.Generator):
-        idx = torch.randint(len(data.images), (n,), generator=gen)
-        return data.images[idx], (data.labels[idx] if data.labels is not None else None)
-    return sample
+    return index_sampler(data.images, data.labels)
 
 
 def sample_labels(cfg: DigitsConfig, data: ImageDataset, n: int) -> torch.Tensor | None:
@@ -137,25 +124,8 @@ def sample_labels(cfg: DigitsConfig, data: ImageDataset, n: int) -> torch.Tensor
 # ---------------------------------------------------------------------------- teacher stage
 def train_teacher(cfg: DigitsConfig, data: ImageDataset, progress: bool = False) -> tuple[EDMPrecond, list[float]]:
     """EDM's loss: ln σ ~ N(P_mean, P_std²), λ(σ)‖D(x + σε; σ) − x‖², Adam with a cosine schedule."""
-    t, d = cfg.teacher_train, cfg.distill
-    torch.manual_seed(t.seed)
-    net = build_network(cfg, data)
-    opt = torch.optim.Adam(net.parameters(), lr=t.lr)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, t.iterations)
-    gen, sample = torch.Generator().manual_seed(t.seed), real_sampler(data)
-    history = []
-    for _ in tqdm(range(t.iterations), desc="teacher", disable=not progress):
-        x, labels = sample(t.batch, gen)
-        sigma = torch.exp(torch.randn(t.batch, generator=gen) * d.p_std + d.p_mean)
-        noisy = x + torch.randn(x.shape, generator=gen) * sigma[:, None, None, None]
-        args = (noisy, sigma) if not label_dim(cfg, data) else (noisy, sigma, one_hot(labels, data.num_classes))
-        loss = losses.fake_score_loss(net(*args), x, sigma, cfg.sigma_data).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        history.append(loss.item())
-    return net.eval().requires_grad_(False), history
+    return train_denoiser(cfg.teacher_train, lambda: build_network(cfg, data), real_sampler(data), cfg.sigma_data,
+                          cfg.distill.p_mean, cfg.distill.p_std, label_dim(cfg, data), progress)
 
 
 def load_teacher(cfg: DigitsConfig, data: ImageDataset, teacher_dir: Path) -> EDMPrecond:
@@ -173,7 +143,7 @@ def teacher_stage(cfg: DigitsConfig, params: dict, out_dir: Path, progress: bool
     checkpoint.save_atomic(net.state_dict(), out_dir / "teacher.pt")
     record = {"dataset": cfg.dataset, "source": data.source, "shape": list(data.shape), "conditional": cfg.conditional,
               "network": asdict(cfg.network), "parameters": parameter_count(net), "sigma_data": cfg.sigma_data,
-              "final_loss": sum(history[-100:]) / min(100, len(history))}
+              "final_loss": final_loss(history)}
     provenance.write_json(out_dir / "teacher.json", {**record, "provenance": provenance.record(params, started)})
     return record
 
@@ -192,10 +162,8 @@ class _with_labels(torch.nn.Module):
 # ---------------------------------------------------------------------------- distill stage
 def build_distiller(cfg: DigitsConfig, dcfg: DistillConfig, data: ImageDataset, teacher_dir: Path) -> Distiller:
     """The fake score and the generator both start as copies of the teacher (digest §5.1)."""
-    teacher = load_teacher(cfg, data, teacher_dir)
-    fake, gen = copy.deepcopy(teacher).requires_grad_(True), copy.deepcopy(teacher).requires_grad_(True)
-    return Distiller(dcfg, teacher, fake.train(), gen.train(), real_sampler(data), cfg.sigma_data,
-                     label_dim(cfg, data))
+    return distiller_from_teacher(dcfg, load_teacher(cfg, data, teacher_dir), real_sampler(data), cfg.sigma_data,
+                                  label_dim(cfg, data))
 
 
 def distill_stage(cfg: DigitsConfig, dcfg: DistillConfig, params: dict, run_dir: Path, teacher_dir: Path,

@@ -16,7 +16,6 @@ gradient scaler (ImageNet-64 ran in fp16; ``precision: bf16`` is the substitute)
 
 from __future__ import annotations
 
-import copy
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,12 +27,14 @@ from uniinstruct import provenance
 from uniinstruct.config import inherit, known_keys, positive
 from uniinstruct.images import fid, fid_protocol
 from uniinstruct.images.cifar import load_cifar10, load_edm_zip
+from uniinstruct.images.data import index_sampler
 from uniinstruct.networks.edm_unets import EDMPrecondNet
 from uniinstruct.sampling import one_step_sample
 from uniinstruct.teachers import registry
 from uniinstruct.teachers.prepare import load_strict, prepare_teacher, spec
 from uniinstruct.training import checkpoint, ddp
-from uniinstruct.training.distill import DistillConfig, Distiller, train_and_record
+from uniinstruct.training.distill import DistillConfig, train_and_record
+from uniinstruct.training.teacher import distiller_from_teacher
 
 
 @dataclass
@@ -136,12 +137,8 @@ def distill_stage(cfg: PaperConfig, profile: PaperProfile, progress: bool = True
     teacher = load_teacher(cfg, profile, **network_overrides)
     images, labels = load_data(profile, teacher.label_dim)
 
-    def sample_real(n: int, gen: torch.Generator):
-        idx = torch.randint(len(images), (n,), generator=gen)
-        return images[idx].float() / 127.5 - 1, (labels[idx] if labels is not None else None)
-
-    fake, gen = copy.deepcopy(teacher).requires_grad_(True).train(), copy.deepcopy(teacher).requires_grad_(True).train()
-    distiller = Distiller(dcfg, teacher, fake, gen, sample_real, teacher.sigma_data, teacher.label_dim)
+    sample_real = index_sampler(images, labels, lambda x: x.float() / 127.5 - 1)
+    distiller = distiller_from_teacher(dcfg, teacher, sample_real, teacher.sigma_data, teacher.label_dim)
     return train_and_record(distiller, Path(cfg.folder) / profile.name, asdict(profile), started, progress)
 
 

@@ -18,9 +18,8 @@ from pathlib import Path
 
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
-from uniinstruct import divergences, losses, methods, parallel, provenance
+from uniinstruct import divergences, methods, parallel, provenance
 from uniinstruct.config import ConfigError, from_dict, inherit, positive, valid_names
 from uniinstruct.networks import EDMPrecond, toy_denoiser
 from uniinstruct.sampling import heun_nfe, heun_sampler, one_step_sample
@@ -28,20 +27,12 @@ from uniinstruct.toy.metrics import mixture_moments, toy_report
 from uniinstruct.toy.mixture import GaussianMixture
 from uniinstruct.toy.problems import benchmark
 from uniinstruct.training import checkpoint
-from uniinstruct.training.distill import MEMBER_KEYS, DistillConfig, Distiller, prune_runs, run_name, schedule_summary
+from uniinstruct.training.distill import (MEMBER_KEYS, DistillConfig, Distiller, prune_runs, record_runs, run_name,
+                                         train_status)
+from uniinstruct.training.teacher import (TeacherTrainConfig, distiller_from_teacher, final_loss, fit_adam_cosine,
+                                         train_denoiser)
 
 TEACHERS = ("analytic", "learned")
-
-
-@dataclass
-class TeacherTrainConfig:
-    iterations: int = 3000          # Adam steps of the learned teacher (EDM loss)
-    batch: int = 512
-    lr: float = 2e-3
-    seed: int = 0
-
-    def check(self):
-        return positive(iterations=self.iterations, batch=self.batch, lr=self.lr)
 
 
 @dataclass
@@ -112,7 +103,8 @@ class ToyConfig:
     teacher: str = "analytic"       # denoiser in the losses: analytic (exact) | learned (the MLP teacher)
     hidden: int = 64                # width of every toy MLP (teacher, fake score, generator)
     depth: int = 3                  # hidden layers
-    teacher_train: TeacherTrainConfig = field(default_factory=TeacherTrainConfig)
+    teacher_train: TeacherTrainConfig = field(      # Adam steps of the learned teacher (EDM loss)
+        default_factory=lambda: TeacherTrainConfig(iterations=3000, batch=512))
     n_samples: int = 4000           # samples per run for the metrics
     heun_steps: int = 18            # the teacher's reference sampler (NFE = 2·steps − 1)
     distill: DistillConfig = field(default_factory=DistillConfig)
@@ -160,37 +152,10 @@ def real_sampler(mixture: GaussianMixture):
 # ---------------------------------------------------------------------------- teacher stage
 def train_teacher(cfg: ToyConfig, progress: bool = False) -> tuple[EDMPrecond, list[float]]:
     """An MLP denoiser fitted to the mixture's samples with EDM's loss (log-normal σ, λ(σ) weighting)."""
-    mixture, t = benchmark(cfg.benchmark), cfg.teacher_train
+    mixture = benchmark(cfg.benchmark)
     sd = data_std(mixture)
-    torch.manual_seed(t.seed)
-    net = toy_denoiser(mixture.dim, cfg.hidden, cfg.depth, sd)
-    gen = torch.Generator().manual_seed(t.seed)
-
-    def batch_loss():
-        x = mixture.sample(t.batch, generator=gen).float()
-        sigma = torch.exp(torch.randn(t.batch, generator=gen) * cfg.distill.p_std + cfg.distill.p_mean)
-        noise = torch.randn(x.shape, generator=gen) * sigma[:, None]
-        return losses.fake_score_loss(net(x + noise, sigma), x, sigma, sd).mean()
-
-    history = fit_adam_cosine(net, batch_loss, t.iterations, t.lr, "teacher", progress)
-    return net.requires_grad_(False), history
-
-
-def fit_adam_cosine(net: nn.Module, batch_loss, iterations: int, lr: float, desc: str = "fit",
-                    progress: bool = False) -> list[float]:
-    """``iterations`` Adam steps on ``batch_loss()`` with the learning rate cosine-annealed from ``lr`` to 0; the
-    losses."""
-    opt = torch.optim.Adam(net.parameters(), lr=lr)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, iterations)
-    history = []
-    for _ in tqdm(range(iterations), desc=desc, disable=not progress):
-        loss = batch_loss()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        history.append(loss.item())
-    return history
+    return train_denoiser(cfg.teacher_train, lambda: toy_denoiser(mixture.dim, cfg.hidden, cfg.depth, sd),
+                          real_sampler(mixture), sd, cfg.distill.p_mean, cfg.distill.p_std, progress=progress)
 
 
 def teacher_file(cfg: ToyConfig) -> str:
@@ -237,8 +202,8 @@ def teacher_stage(cfg: ToyConfig, params: dict, out_dir: Path, progress: bool = 
     wide = widened(cfg)
     wide_net, wide_history = train_teacher(wide, progress)      # the wide runs' starting point
     checkpoint.save_atomic(wide_net.state_dict(), out_dir / teacher_file(wide))
-    record = {"benchmark": cfg.benchmark, "final_loss": sum(history[-100:]) / min(100, len(history)),
-              "wide_final_loss": sum(wide_history[-100:]) / min(100, len(wide_history)),
+    record = {"benchmark": cfg.benchmark, "final_loss": final_loss(history),
+              "wide_final_loss": final_loss(wide_history),
               "heun_steps": cfg.heun_steps, "nfe": heun_nfe(cfg.heun_steps)}
     for kind, denoiser in (("analytic", MixtureDenoiser(benchmark(cfg.benchmark))), ("learned", net)):
         gen = torch.Generator().manual_seed(cfg.teacher_train.seed + 1)
@@ -254,12 +219,11 @@ def teacher_stage(cfg: ToyConfig, params: dict, out_dir: Path, progress: bool = 
 def build_distiller(cfg: ToyConfig, dcfgs: DistillConfig | list[DistillConfig], teacher_dir: Path) -> Distiller:
     """One run, or several trained together (stacked networks): fake score and generator start from the MLP
     teacher's weights; the losses use ``loss_teacher``."""
-    mixture, dcfgs = benchmark(cfg.benchmark), dcfgs if isinstance(dcfgs, list) else [dcfgs]
-    init = load_mlp_teacher(cfg, teacher_dir).state_dict()
-    fake, gen = (toy_denoiser(2, cfg.hidden, cfg.depth, data_std(mixture), len(dcfgs)) for _ in range(2))
-    stacked = checkpoint.stack_members([init] * len(dcfgs), checkpoint.buffer_names(gen))
-    fake.load_state_dict(stacked), gen.load_state_dict(stacked)
-    return Distiller(dcfgs, loss_teacher(cfg, teacher_dir), fake, gen, real_sampler(mixture), data_std(mixture))
+    mixture = benchmark(cfg.benchmark)
+    sd = data_std(mixture)
+    return distiller_from_teacher(dcfgs, load_mlp_teacher(cfg, teacher_dir), real_sampler(mixture), sd,
+                                  loss_teacher=loss_teacher(cfg, teacher_dir),
+                                  stacked=lambda members: toy_denoiser(2, cfg.hidden, cfg.depth, sd, members))
 
 
 def distill_stage(cfg: ToyConfig, dcfgs: list[DistillConfig], params: list[dict], run_dirs: list[Path],
@@ -275,21 +239,19 @@ def distill_stage(cfg: ToyConfig, dcfgs: list[DistillConfig], params: list[dict]
     for run_dir in run_dirs:
         run_dir.mkdir(parents=True, exist_ok=True)
     distiller = build_distiller(cfg, dcfgs, teacher_dir)
-    status = {"status": "ok"}
     try:
-        distiller.train(run_dirs, progress)
-    except FloatingPointError as err:
-        if len(dcfgs) > 1:
-            bad = getattr(err, "member", None)
-            groups = [[bad], [r for r in range(len(dcfgs)) if r != bad]] if bad is not None else \
-                [[r] for r in range(len(dcfgs))]
-            records = {}
-            for group in groups:
-                pick = lambda seq: [seq[r] for r in group]     # noqa: E731
-                records.update(zip(group, distill_stage(cfg, pick(dcfgs), pick(params), pick(run_dirs), teacher_dir,
-                                                        progress)))
-            return [records[r] for r in range(len(dcfgs))]
-        status = {"status": "diverged", "diverged_at": distiller.iteration, "error": str(err)}
+        status = train_status(distiller, run_dirs, progress)
+    except FloatingPointError as err:           # one of several runs trained together: the others go on apart
+        bad = getattr(err, "member", None)
+        groups = [[bad], [r for r in range(len(dcfgs)) if r != bad]] if bad is not None else \
+            [[r] for r in range(len(dcfgs))]
+        records = {}
+        for group in groups:
+            pick = lambda seq: [seq[r] for r in group]     # noqa: E731
+            records.update(zip(group, distill_stage(cfg, pick(dcfgs), pick(params), pick(run_dirs), teacher_dir,
+                                                    progress)))
+        return [records[r] for r in range(len(dcfgs))]
+    if status["status"] == "diverged":
         distiller = build_distiller(cfg, dcfgs, teacher_dir)
         if (run_dirs[0] / "checkpoint.pt").exists():
             distiller.load_state_dict(checkpoint.load(run_dirs[0] / "checkpoint.pt"))
@@ -298,15 +260,9 @@ def distill_stage(cfg: ToyConfig, dcfgs: list[DistillConfig], params: list[dict]
                    for d in dcfgs])
     with torch.no_grad():
         samples = distiller.generate(z, distiller.G_ema).chunk(len(dcfgs))
-    names = [run_dir.name for run_dir in run_dirs]
-    records = []
-    for dcfg, run_params, run_dir, history, x in zip(dcfgs, params, run_dirs, distiller.histories, samples):
+    for run_dir, x in zip(run_dirs, samples):
         checkpoint.save_atomic(x.double(), run_dir / "samples.pt", finite=False)
-        record = {"config": asdict(dcfg), "network": network(cfg), **status, "resumed_from": distiller.resumed_from,
-                  "trained_with": names, "schedule": schedule_summary(dcfg), "history": history}
-        provenance.write_json(run_dir / "run.json", {**record, "provenance": provenance.record(run_params, started)})
-        records.append(record)
-    return records
+    return record_runs(distiller, run_dirs, params, started, status, network=network(cfg))
 
 
 # ---------------------------------------------------------------------------- ceiling stage
@@ -351,7 +307,7 @@ def ceiling_stage(cfg: ToyConfig, params: dict, run_dir: Path, teacher_dir: Path
     checkpoint.save_atomic(samples.double(), run_dir / "samples.pt", finite=False)
     record = {"kind": "ceiling", "config": asdict(cfg.ceiling), "network": network(cfg), "seed": seed,
               "iterations": iterations, "status": "ok",
-              "final_loss": sum(history[-100:]) / min(100, len(history)),
+              "final_loss": final_loss(history),
               "history": [{"iteration": i + 1, "mse": v} for i, v in enumerate(history) if (i + 1) % 100 == 0]}
     provenance.write_json(run_dir / "run.json", {**record, "provenance": provenance.record(params, started)})
     return record

@@ -544,22 +544,42 @@ def prune_runs(runs_dir: Path, keep: list[str]) -> list[str]:
     return gone
 
 
+def train_status(distiller: Distiller, run_dirs: str | Path | list, progress: bool = True) -> dict:
+    """Train to ``cfg.iterations`` (resuming); the status: ``ok``, or ``diverged`` with the iteration (a result, not a
+    crash). When several runs train together, a divergence is raised (``err.member`` names the run when known): the
+    caller retrains them apart."""
+    try:
+        distiller.train(run_dirs, progress)
+    except FloatingPointError as err:
+        if len(distiller.members) > 1:
+            raise
+        return {"status": "diverged", "diverged_at": distiller.iteration, "error": str(err)}
+    return {"status": "ok"}
+
+
+def record_runs(distiller: Distiller, run_dirs: list[Path], params: list[dict], started: float, status: dict,
+                **extra) -> list[dict]:
+    """Write each member's ``run_dir/run.json``: settings, ``extra`` (what the tier adds), status, the iteration it
+    resumed from (its wall time covers this invocation only), the runs trained with it, schedule, history and
+    provenance; returns the records."""
+    names, records = [Path(d).name for d in run_dirs], []
+    for member, run_params, run_dir, history in zip(distiller.members, params, run_dirs, distiller.histories,
+                                                    strict=True):
+        record = {"config": asdict(member), **extra, **status, "resumed_from": distiller.resumed_from,
+                  "trained_with": names, "schedule": schedule_summary(member), "world_size": ddp.world()[1],
+                  "history": history}
+        provenance.write_json(Path(run_dir) / "run.json", {**record, "provenance": provenance.record(run_params, started)})
+        records.append(record)
+    return records
+
+
 def train_and_record(distiller: Distiller, run_dir: Path, params: dict, started: float,
                      progress: bool = True) -> dict | None:
-    """Train to ``cfg.iterations`` (resuming), then write ``run_dir/run.json`` from the first process: status
-    (``ok``, or ``diverged`` with the iteration: a result, not a crash), the iteration it resumed from (its wall time
-    covers this invocation only), schedule, history and provenance."""
-    status = {"status": "ok"}
-    try:
-        distiller.train(run_dir, progress)
-    except FloatingPointError as err:
-        status = {"status": "diverged", "diverged_at": distiller.iteration, "error": str(err)}
+    """:func:`train_status`, then :func:`record_runs` from the first process: one run."""
+    status = train_status(distiller, run_dir, progress)
     if not ddp.is_main():
         return None
-    record = {"config": asdict(distiller.cfg), **status, "resumed_from": distiller.resumed_from,
-              "schedule": schedule_summary(distiller.cfg), "world_size": ddp.world()[1], "history": distiller.history}
-    provenance.write_json(Path(run_dir) / "run.json", {**record, "provenance": provenance.record(params, started)})
-    return record
+    return record_runs(distiller, [run_dir], [params], started, status)[0]
 
 
 def schedule_summary(cfg: DistillConfig) -> dict[str, int]:
