@@ -183,22 +183,29 @@ def test_a_non_finite_member_is_named(tmp_path, monkeypatch):
     assert err.value.member == 1
 
 
-@pytest.mark.parametrize("stale", ["settings", "code"])
+STALE = {"settings": "other settings (divergence)", "code": "other code",
+         "device": "its random numbers were drawn on cuda, this run draws them on cpu"}
+
+
+@pytest.mark.parametrize("stale", list(STALE))
 def test_a_stale_checkpoint_starts_afresh(tmp_path, capsys, stale):
-    """A checkpoint written with other settings or by other code (its source digest) is not resumed: the run starts
-    from iteration 0 and ends exactly like a run in an empty folder; loading such a state by hand is refused."""
+    """A checkpoint written with other settings, by other code (its source digest) or with random numbers drawn on
+    another kind of device (their streams differ) is not resumed: the run starts from iteration 0 and ends exactly
+    like a run in an empty folder; loading such a state by hand is refused."""
     cfg = replace(TINY, divergence="js", iterations=8)
-    distiller(replace(TINY, iterations=4) if stale == "code" else replace(TINY, iterations=4, divergence="fkl")).train(
-        tmp_path / "run", progress=False)
+    distiller(replace(TINY, iterations=4, divergence="fkl") if stale == "settings" else replace(TINY, iterations=4)
+              ).train(tmp_path / "run", progress=False)
     path = tmp_path / "run" / "checkpoint.pt"
-    if stale == "code":
+    if stale != "settings":
         cfg = replace(TINY, iterations=8)
         state = checkpoint.load(path)
-        checkpoint.save_atomic({**state, "source": "0" * 64}, path)
+        assert state["rng_device"] == "cpu"
+        changed = {"source": "0" * 64} if stale == "code" else {"rng_device": "cuda"}
+        checkpoint.save_atomic({**state, **changed}, path)
     fresh, rerun = distiller(cfg), distiller(cfg)
     fresh.train(tmp_path / "fresh", progress=False)
     rerun.train(tmp_path / "run", progress=False)
-    assert ("other code" if stale == "code" else "other settings (divergence)") in capsys.readouterr().err
+    assert STALE[stale] in capsys.readouterr().err
     assert torch.equal(flat(fresh.G), flat(rerun.G)) and fresh.history == rerun.history
     if stale == "settings":
         with pytest.raises(ValueError, match=r"other settings \(divergence\)"):

@@ -78,9 +78,10 @@ def to_uint8(images: Tensor) -> Tensor:
 def index_sampler(images: Tensor, labels: Tensor | None = None,
                   convert: Callable[[Tensor], Tensor] | None = None) -> Callable[[int, torch.Generator], tuple]:
     """(n, generator) -> (n images drawn with replacement, their labels or None): a Distiller's real-data sampler;
-    ``convert`` maps each drawn batch (e.g. uint8 pixels to [−1, 1])."""
+    ``convert`` maps each drawn batch (e.g. uint8 pixels to [−1, 1]). Indices are drawn on the generator's device;
+    images and labels stay where they are (on the GPU, the paper tier's uint8 images are gathered there)."""
     def sample(n: int, gen: torch.Generator):
-        idx = torch.randint(len(images), (n,), generator=gen)
+        idx = torch.randint(len(images), (n,), generator=gen, device=gen.device).to(images.device)
         return images[idx] if convert is None else convert(images[idx]), (labels[idx] if labels is not None else None)
     return sample
 

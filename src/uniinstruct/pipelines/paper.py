@@ -136,7 +136,8 @@ def distill_stage(cfg: PaperConfig, profile: PaperProfile, progress: bool = True
     ddp.init_from_env(dcfg.device)
     teacher = load_teacher(cfg, profile, **network_overrides)
     images, labels = load_data(profile, teacher.label_dim)
-
+    device = ddp.local_device(dcfg.device)      # the uint8 images live there (ImageNet-64: 15.7 GB); drawn batches too
+    images, labels = images.to(device), (labels.to(device) if labels is not None else None)
     sample_real = index_sampler(images, labels, lambda x: x.float() / 127.5 - 1)
     distiller = distiller_from_teacher(dcfg, teacher, sample_real, teacher.sigma_data, teacher.label_dim)
     return train_and_record(distiller, Path(cfg.folder) / profile.name, asdict(profile), started, progress)

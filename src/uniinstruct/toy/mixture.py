@@ -128,15 +128,16 @@ class GaussianMixture:
     # ------------------------------------------------------------------ sampling
     def sample(self, n: int, sigma=0.0, generator: torch.Generator | None = None) -> Tensor:
         """``n`` samples of x_σ = x_0 + σ ε, with σ a scalar or of shape [n]; returns [n, d]."""
+        device = generator.device if generator is not None else self.means.device    # drawn where the generator is
         with torch.no_grad():
-            comp = torch.multinomial(self.weights, n, replacement=True, generator=generator)
-        chol = torch.linalg.cholesky(self.covs)
-        u = torch.randn(n, self.dim, generator=generator, dtype=self.means.dtype)
-        x0 = self.means[comp] + (chol[comp] @ u[..., None])[..., 0]
-        sigma = _as_tensor(sigma, x0.dtype)
+            comp = torch.multinomial(self.weights.to(device), n, replacement=True, generator=generator)
+        chol = torch.linalg.cholesky(self.covs).to(device)
+        u = torch.randn(n, self.dim, generator=generator, dtype=self.means.dtype, device=device)
+        x0 = self.means.to(device)[comp] + (chol[comp] @ u[..., None])[..., 0]
+        sigma = _as_tensor(sigma, x0.dtype).to(device)
         if sigma.ndim == 0 and float(sigma) == 0.0:
             return x0
-        eps = torch.randn(n, self.dim, generator=generator, dtype=x0.dtype)
+        eps = torch.randn(n, self.dim, generator=generator, dtype=x0.dtype, device=device)
         return x0 + (sigma if sigma.ndim == 0 else sigma[:, None]) * eps
 
     def __repr__(self) -> str:

@@ -1,7 +1,7 @@
 """Data parallelism across ``torchrun`` processes (gloo on CPU, NCCL on GPUs).
 
-Every process draws the *global* batch's random numbers from the same seeded generator and keeps its own
-shard, then gradients are averaged over processes. With per-sample losses averaged over the batch, the
+Every process draws the *global* batch's random numbers from the same seeded generator, on its device, and keeps its
+own shard, then gradients are averaged over processes. With per-sample losses averaged over the batch, the
 averaged gradient equals the single-process gradient of the same global batch (a test checks this with two
 gloo processes). Losses that reduce over the batch (the released code's batch-level ratio and batch norm)
 see the shard only.

@@ -214,7 +214,9 @@ class Distiller:
         if cfg.batch_gpu and local % cfg.batch_gpu:
             raise ValueError(f"batch_gpu {cfg.batch_gpu} does not divide the {local} samples of each process")
         self.rounds = local // cfg.batch_gpu if cfg.batch_gpu else 1   # gradient accumulation rounds
-        self.rngs = [torch.Generator().manual_seed(m.seed) for m in self.members]   # one stream per member
+        # one stream per member, on the device: every process draws the global batch's numbers there and keeps its
+        # shard (no host-side draws or copies; N processes = 1 process; a resume needs only the generators' states)
+        self.rngs = [torch.Generator(self.device).manual_seed(m.seed) for m in self.members]
         self.opt_fake = torch.optim.Adam(fake.parameters(), lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.adam_eps)
         self.opt_g = torch.optim.Adam(generator.parameters(), lr=cfg.glr, betas=tuple(cfg.betas), eps=cfg.adam_eps)
         self.methods = [method_of(m) for m in self.members]
@@ -236,13 +238,13 @@ class Distiller:
     def _randn(self, *shape) -> Tensor:
         """Global-batch normal noise, ``shape`` per member from each member's generator (member-major); this
         process's shard, on its device."""
-        return ddp.shard(torch.cat([torch.randn(*shape, generator=g) for g in self.rngs])).to(self.device)
+        return ddp.shard(torch.cat([torch.randn(*shape, generator=g, device=g.device) for g in self.rngs])).to(self.device)
 
     def _labels(self, n: int) -> Tensor | None:
         """One-hot labels of generator samples, uniform over the classes (None when unconditional)."""
         if not self.label_dim:
             return None
-        labels = torch.cat([torch.randint(self.label_dim, (n,), generator=g) for g in self.rngs])
+        labels = torch.cat([torch.randint(self.label_dim, (n,), generator=g, device=g.device) for g in self.rngs])
         return ddp.shard(nn.functional.one_hot(labels, self.label_dim).float()).to(self.device)
 
     def _real(self, n: int) -> tuple[Tensor, Tensor | None]:
@@ -351,7 +353,7 @@ class Distiller:
         cfg, b = self.cfg, self.cfg.batch
         z = self._randn(b, *self._shape)
         c_g = self._labels(b)
-        t = ddp.shard(torch.cat([torch.rand(b, generator=g) for g in self.rngs])).to(self.device)
+        t = ddp.shard(torch.cat([torch.rand(b, generator=g, device=g.device) for g in self.rngs])).to(self.device)
         sigma = generator_sigma(t * cfg.tmax / 1000, cfg)
         eps = self._randn(b, *self._shape)
         self.opt_g.zero_grad(set_to_none=True)
@@ -437,7 +439,7 @@ class Distiller:
         opts = {key: checkpoint.split_optimizer(opt.state_dict(), count)
                 for key, opt in (("opt_fake", self.opt_fake), ("opt_g", self.opt_g))}
         return [{"config": asdict(m), "iteration": self.iteration, "cur_nimg": self.cur_nimg,
-                 **{key: parts[r] for key, parts in {**nets, **opts}.items()}, "rng": rng.get_state(),
+                 **{key: parts[r] for key, parts in {**nets, **opts}.items()}, "rng": rng.get_state(), "rng_device": rng.device.type,
                  "history": history, "source": provenance.source_digest()}
                 for r, (m, rng, history) in enumerate(zip(self.members, self.rngs, self.histories))]
 
@@ -488,6 +490,9 @@ class Distiller:
                 return f"the checkpoint was written with other settings ({', '.join(sorted(changed))})"
         if len({(s["iteration"], s["cur_nimg"]) for s in states}) > 1:
             return "the runs trained together have checkpoints at different iterations"
+        drawn = {s.get("rng_device", "cpu") for s in states} - {self.device.type}
+        if drawn:
+            return f"its random numbers were drawn on {drawn.pop()}, this run draws them on {self.device.type}"
         return ""
 
     def train(self, run_dirs: str | Path | list, progress: bool = True) -> list[list[dict]]:
