@@ -7,12 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from uniinstruct import paper_data, reports
+from uniinstruct import paper_data, provenance, reports
 from uniinstruct.tables import latex_escape
 from conftest import ROOT
 
-TOY = json.loads((ROOT / "results" / "toy" / "metrics.json").read_text())
-DIGITS = json.loads((ROOT / "results" / "digits" / "metrics.json").read_text())
+TOY = provenance.read_json(ROOT / "results" / "toy" / "metrics.json")          # with its volatile sidecar
+DIGITS = provenance.read_json(ROOT / "results" / "digits" / "metrics.json")
 OURS = ["FID (ours)", "FID trials (ours)", "status (ours)"]
 
 
