@@ -174,7 +174,8 @@ def test_bad_digits_params_name_the_key():
 @pytest.fixture
 def tiny_digits_params(tmp_path):
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["digits"].update(n_samples=30, heun_steps=3, network={**params["digits"]["network"], "model_channels": 8})
+    params["digits"].update(n_samples=30, draws=2, heun_steps=3,
+                            network={**params["digits"]["network"], "model_channels": 8})
     params["digits"]["teacher_train"].update(iterations=10, batch=16)
     params["digits"]["classifier"].update(epochs=2)
     params["digits"]["fid"].update(num_images=12, batch=6)
@@ -203,8 +204,8 @@ def test_cli_stages_end_to_end(tmp_path, tiny_digits_params):
     teacher = provenance.read_json(tmp_path / "teacher" / "teacher.json")
     assert teacher["parameters"] > 0 and teacher["provenance"]["code_version"]["commit"]
     sets = json.loads((tmp_path / "samples" / "samples.json").read_text())["sets"]
-    assert [(s["name"], s["nfe"], s["n"]) for s in sets] == [("teacher-heun", 5, 30), ("ui-js-official-s0", 1, 30),
-                                                            ("ui-rkl-exact-s0", 1, 30)]
+    assert [(s["name"], s["nfe"], s["n"]) for s in sets] == [("teacher-heun", 5, 60), ("ui-js-official-s0", 1, 60),
+                                                            ("ui-rkl-exact-s0", 1, 60)]       # 2 draws of 30
     assert sets[2]["iteration"] == TINY.iterations       # sampled from the final checkpoint
     sd = checkpoint.load(tmp_path / "teacher" / "teacher.pt")
     assert all(isinstance(v, torch.Tensor) for v in sd.values())        # a plain state_dict
@@ -212,6 +213,30 @@ def test_cli_stages_end_to_end(tmp_path, tiny_digits_params):
     runs = [r["run"] for r in metrics["rows"]]
     assert runs == ["real-subset", "teacher-heun", "ui-js-official-s0", "ui-rkl-exact-s0"]
     assert all(r["fid"] > 0 and r["classifier_fd"] > 0 and r["fid_images"] == 12 for r in metrics["rows"])
+    # each score: the classifier FD of each draw of 30 samples against all real digits, then their mean and interval
+    from uniinstruct.config import load_section
+    from uniinstruct.images.classifier import classifier_features
+    from uniinstruct.images.fid import frechet_distance
+    from uniinstruct.pipelines import digits, digits_evaluate
+
+    cfg = load_section(DigitsConfig, "digits", tiny_digits_params)
+    clf = digits_evaluate.load_classifier(cfg, tmp_path / "clf")
+    real = classifier_features(clf, digits.load_dataset(cfg).images)
+    for row in metrics["rows"][1:]:
+        x = checkpoint.load(tmp_path / "samples" / f"{row['run']}.pt").clamp(-1, 1)
+        fds = [frechet_distance(classifier_features(clf, x[i * 30:(i + 1) * 30]), real) for i in range(2)]
+        assert row["draws"] == 2 and row["classifier_images"] == 30
+        assert row["classifier_fd_draws"] == pytest.approx(fds, rel=1e-12)
+        assert row["classifier_fd"] == pytest.approx(sum(fds) / 2, rel=1e-12)
+        # two draws: the half-width is t(0.975, 1) · |a − b| / 2 with t = 12.706204736174707 (tables of Student's t)
+        assert row["classifier_fd_half"] == pytest.approx(12.706204736174707 * abs(fds[0] - fds[1]) / 2, rel=1e-9)
+    # the first draw does not depend on the number of draws (one latent stream per model)
+    one = replace(cfg, draws=1)
+    first, _ = digits.one_step_samples(one, digits.load_dataset(one), tmp_path / "runs" / "ui-rkl-exact-s0",
+                                       tmp_path / "teacher")
+    both, _ = digits.one_step_samples(cfg, digits.load_dataset(cfg), tmp_path / "runs" / "ui-rkl-exact-s0",
+                                      tmp_path / "teacher")
+    assert first.shape[0] == 30 and both.shape[0] == 60 and torch.allclose(first, both[:30], atol=1e-6)
     assert metrics["inception"]["sha256"] and "not comparable" in metrics["fid_protocol"]
     assert {"teacher_fid", "best_student_fid", "classifier_test_accuracy"} <= set(
         json.loads((tmp_path / "metrics.json").read_text()))
@@ -221,9 +246,6 @@ def test_cli_stages_end_to_end(tmp_path, tiny_digits_params):
     bad = subprocess.run(cli + ["distill", "--divergence", "kl"] + flags("distill"), env=ENV, capture_output=True, text=True,
                          cwd=tmp_path)
     assert bad.returncode == 2 and "unknown divergence 'kl'" in bad.stderr
-    from uniinstruct.config import load_section
-    from uniinstruct.pipelines import digits_evaluate
-
     cfg = load_section(DigitsConfig, "digits", tiny_digits_params)     # fid.num_images 0: the same scores, no FID
     cfg.fid.num_images = 0
     rows = digits_evaluate.evaluate_stage(cfg, {}, tmp_path / "teacher", tmp_path / "clf", tmp_path / "runs",
@@ -357,3 +379,24 @@ def test_summary_table_gives_each_setting_its_interval_over_seeds():
     assert row.seeds == 3 and row["mean"] == 4.5 and row.best == 3.0 and row.worst == 6.5
     assert abs(row["95% half-width"] - 4.302652729911275 * sd / 3 ** 0.5) < 1e-3
     assert table.iloc[3].seeds == 1 and table.iloc[3]["classifier FD"] == "7" and table.iloc[3]["95% half-width"] == ""
+
+
+def test_summary_table_takes_one_runs_interval_over_its_draws_and_compares_students_with_the_teacher():
+    """The teacher (one run) gets the interval of its draws; a student setting minus the teacher is Welch's interval
+    of the seeds' means against the teacher's draws: for seeds (3, 4) and draws (1.5, 2.5) the difference is 1.5,
+    its standard error √(0.5/2 + 0.5/2), Welch's degrees of freedom 0.25 / (0.25²/1 + 0.25²/1) = 2, t(0.975, 2) =
+    4.302652729911275, so 1.5 ± 3.04 (by hand)."""
+    import pandas as pd
+
+    from uniinstruct.pipelines.digits_evaluate import summary_table
+
+    base = {"estimator": "", "gan": "", "divergence": ""}
+    frame = pd.DataFrame([{**base, "kind": "teacher", "nfe": 35, "classifier_fd": 2.0, "classifier_fd_draws": [1.5, 2.5]},
+                          *[{"kind": "uni-instruct", "divergence": "fkl", "estimator": "exact", "gan": "yes", "nfe": 1,
+                             "classifier_fd": v, "classifier_fd_draws": [v - 0.5, v + 0.5]} for v in (3.0, 4.0)]])
+    teacher, student = summary_table(frame).to_dict("records")
+    assert teacher["interval over"] == "draws" and teacher["mean"] == 2.0
+    assert teacher["95% half-width"] == pytest.approx(12.706204736174707 * 0.5, abs=1e-3)   # t(0.975, 1) · s/√2
+    assert student["interval over"] == "seeds" and student["mean"] == 3.5
+    half = 4.302652729911275 * 0.5 ** 0.5
+    assert student["minus teacher (95%)"] == f"+1.50 [{1.5 - half:+.2f}, {1.5 + half:+.2f}]" == "+1.50 [-1.54, +4.54]"

@@ -8,6 +8,7 @@ have no run for says :data:`NOT_RUN`; nothing is ever filled with a placeholder 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -207,6 +208,15 @@ def _best(rows: list[dict], key: str) -> dict | None:
     return min(rows, key=lambda r: r[key]) if rows else None
 
 
+def _digits_fd_metric(row: dict) -> str:
+    return f"classifier FD ↓ (mean of {row['draws']} draws of {row['classifier_images']:,} samples)"
+
+
+def _plus_minus(half: float | None, over: str) -> str:
+    """`` ± h (95%, over)``, or nothing where there is no interval (one seed, one draw)."""
+    return "" if half is None or math.isnan(half) else f" ± {half:.2f} (95%, {over})"
+
+
 def teacher_vs_student(results_dir: str | Path, toy: dict, digits: dict) -> pd.DataFrame:
     """Each tier's multi-step teacher against its best one-step student: the paper's numbers, then ours."""
     rows, runs = [], paper_runs(results_dir)
@@ -231,15 +241,20 @@ def teacher_vs_student(results_dir: str | Path, toy: dict, digits: dict) -> pd.D
         if r["kind"] == "uni-instruct" and r["status"] == "ok":
             settings.setdefault((r["divergence"], r["gan"]), []).append(r)
     metrics = [("fid", f"FID ↓ ({teacher['fid_images']} images)", ".1f")] if teacher["fid"] is not None else []
-    for key, metric, fmt in metrics + [("classifier_fd", "classifier FD ↓", ".2f")]:
+    for key, metric, fmt in metrics + [("classifier_fd", _digits_fd_metric(teacher), ".2f")]:
         means = {s: sum(r[key] for r in runs) / len(runs) for s, runs in settings.items()}
         best = min(means, key=means.get) if means else None     # the best setting, by its mean over seeds
         name = (_model_name(best[0], f"{'' if best[1] == 'yes' else 'no GAN, '}mean of {len(settings[best])} seeds")
                 if best else "Uni-Instruct")
+        teacher_value = format(teacher[key], fmt) + (_plus_minus(teacher["classifier_fd_half"], "draws")
+                                                     if key == "classifier_fd" else "")
+        student_value = NOT_RUN if best is None else format(means[best], fmt) + (
+            _plus_minus(tables.mean_interval([r[key] for r in settings[best]])[1], "seeds") if key == "classifier_fd"
+            else "")
         rows.append({"tier": "digits (CPU)", "dataset": "digits 8×8", "metric": metric, "source": "ours",
                      "teacher": "EDM-style UNet, Heun", "teacher NFE": str(teacher["nfe"]),
-                     "teacher value": format(teacher[key], fmt), "best student": name,
-                     "student NFE": "1", "student value": format(means[best], fmt) if best else NOT_RUN})
+                     "teacher value": teacher_value, "best student": name,
+                     "student NFE": "1", "student value": student_value})
     kind = toy["provenance"]["params"]["teacher"]      # the teacher the students were distilled from
     teacher = next(r for r in toy["rows"] if r["kind"] == f"teacher ({kind})")
     means = {(d, wide): m["off_mode"] for wide in (False, True) for d, m in _toy_means(toy, wide=wide).items()}
@@ -274,10 +289,10 @@ def status_table(results_dir: str | Path, toy: dict, digits: dict) -> pd.DataFra
             setting = f"seed {r['seed']}" + ("" if r["gan"] == "yes" else ", no GAN")
             fid = r["fid"] is not None
             rows.append({"method": _model_name(r["divergence"], setting), "dataset": "digits 8×8",
-                         "metric": (f"FID ↓ ({r['fid_images']} images) / " if fid else "") + "classifier FD ↓",
+                         "metric": (f"FID ↓ ({r['fid_images']} images) / " if fid else "") + _digits_fd_metric(r),
                          "paper": NOT_IN_PAPER,
                          "ours": ((f"{r['fid']:.1f} / " if fid else "") + f"{r['classifier_fd']:.2f}"
-                                  if r["status"] == "ok" else NOT_RUN),
+                                  + _plus_minus(r["classifier_fd_half"], "draws") if r["status"] == "ok" else NOT_RUN),
                          "hardware": hw, "status": f"{r['status']} (CPU tier)"})
     hw = describe_hardware(toy["provenance"].get("hardware", {}))
     benchmark = toy["provenance"]["params"]["benchmark"]

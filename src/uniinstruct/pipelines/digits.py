@@ -78,14 +78,16 @@ class DigitsConfig:
     teacher_train: TeacherTrainConfig = field(        # Adam steps of EDM's loss
         default_factory=lambda: TeacherTrainConfig(iterations=2000, batch=64))
     heun_steps: int = 18               # the teacher's reference sampler (NFE = 2·steps − 1)
-    n_samples: int = 1000              # samples per model for the classifier FD and the grids
+    n_samples: int = 1000              # samples per latent draw for the classifier FD (the grids show 100)
+    draws: int = 5                     # latent draws per model: a score is the mean over draws, with its interval
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
     fid: FIDConfig = field(default_factory=FIDConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     matrix: DigitsMatrix = field(default_factory=DigitsMatrix)
 
     def check(self):
-        problems = positive(sigma_data=self.sigma_data, heun_steps=self.heun_steps, n_samples=self.n_samples)
+        problems = positive(sigma_data=self.sigma_data, heun_steps=self.heun_steps, n_samples=self.n_samples,
+                            draws=self.draws)
         try:
             load_dataset(self)
         except (ValueError, ImportError) as err:
@@ -209,8 +211,8 @@ def runs_stage(cfg: DigitsConfig, params: dict, runs_dir: Path, teacher_dir: Pat
 # ---------------------------------------------------------------------------- sample stage
 @torch.no_grad()
 def one_step_samples(cfg: DigitsConfig, data: ImageDataset, run_dir: Path, teacher_dir: Path) -> tuple[torch.Tensor, int]:
-    """``n_samples`` one-step samples G_ema(σ_init z; σ_init) from the run's checkpoint (the teacher's weights when
-    it diverged before its first one); returns them and the iteration they come from."""
+    """``draws × n_samples`` one-step samples G_ema(σ_init z; σ_init) from the run's checkpoint (the teacher's
+    weights when it diverged before its first one); returns them and the iteration they come from."""
     run = json.loads((run_dir / "run.json").read_text())
     dcfg = DistillConfig(**run["config"])
     net, iteration = load_teacher(cfg, data, teacher_dir), 0
@@ -218,8 +220,9 @@ def one_step_samples(cfg: DigitsConfig, data: ImageDataset, run_dir: Path, teach
         state = checkpoint.load(run_dir / "checkpoint.pt")
         net.load_state_dict(state["generator_ema"])
         iteration = state["iteration"]
-    z = torch.randn(cfg.n_samples, *data.shape, generator=torch.Generator().manual_seed(10_000 + dcfg.seed))
-    labels = sample_labels(cfg, data, cfg.n_samples)
+    n = cfg.draws * cfg.n_samples           # one stream: the first draw is the same for any number of draws
+    z = torch.randn(n, *data.shape, generator=torch.Generator().manual_seed(10_000 + dcfg.seed))
+    labels = sample_labels(cfg, data, n)
     out = [one_step_sample(net, z[i:i + 500], dcfg.sigma_init, None if labels is None else labels[i:i + 500])
            for i in range(0, len(z), 500)]
     return torch.cat(out).float(), iteration
@@ -227,13 +230,14 @@ def one_step_samples(cfg: DigitsConfig, data: ImageDataset, run_dir: Path, teach
 
 def sample_stage(cfg: DigitsConfig, params: dict, teacher_dir: Path, runs_dir: Path, out_dir: Path,
                  progress: bool = True) -> list[dict]:
-    """The teacher's Heun samples and every run's one-step samples, as ``<name>.pt`` and a 10×10 PNG grid."""
+    """The teacher's Heun samples and every run's one-step samples (``draws × n_samples`` each, draw after draw),
+    as ``<name>.pt`` and a 10×10 PNG grid of the first 100."""
     started = time.perf_counter()
     data = load_dataset(cfg)
     out_dir.mkdir(parents=True, exist_ok=True)
     teacher = load_teacher(cfg, data, teacher_dir)
-    labels = sample_labels(cfg, data, cfg.n_samples)
-    latents = torch.randn(cfg.n_samples, *data.shape, generator=torch.Generator().manual_seed(1))
+    labels = sample_labels(cfg, data, cfg.draws * cfg.n_samples)
+    latents = torch.randn(cfg.draws * cfg.n_samples, *data.shape, generator=torch.Generator().manual_seed(1))
     d = cfg.distill
     denoiser = teacher if labels is None else _with_labels(teacher, labels)
     sets = [("teacher-heun", heun_sampler(denoiser, latents, cfg.heun_steps, d.sigma_min, d.sigma_max, d.rho,

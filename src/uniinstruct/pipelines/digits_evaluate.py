@@ -5,8 +5,12 @@ a subset of real images (``real-subset``, as many as a model's samples), whose s
 noise sets: for FID its images are disjoint from the reference ones; for the classifier FD they are part of the
 reference (all real images), which makes that floor optimistic.
 * ``fid``: clean-fid's FID with the FID-Inception network on ``fid.num_images`` images per set (the real set is a
-  seeded subset; 0 = not computed). Small sets bias FID upwards: compare sets of the same size only;
-* ``classifier_fd``: the Fréchet distance in the classifier's feature space, all samples against all real images;
+  seeded subset; 0 = not computed), from the first latent draw. Small sets bias FID upwards: compare sets of the
+  same size only;
+* ``classifier_fd``: the Fréchet distance in the classifier's feature space between ``n_samples`` samples and all real
+  images, on each of ``draws`` latent draws (``classifier_fd_draws``; the floor: as many seeded real subsets); the
+  row's value is their mean, and ``classifier_fd_half`` its 95% Student-t half-width over draws. One draw of 1,000
+  moves a fixed model's score by more than the differences between models (README, digits), hence several;
 * ``class_min_ratio``: the rarest predicted class's share over the mean share (1 = balanced, 0 = a class is missing),
   and ``confidence``: the classifier's mean top probability (how recognisable the samples are).
 """
@@ -91,20 +95,26 @@ def evaluate_stage(cfg: DigitsConfig, params: dict, teacher_dir: Path, classifie
     weights = fid.find_weights(cfg.fid.inception) if n_fid else None
     perm = torch.randperm(len(data.images), generator=torch.Generator().manual_seed(0))
     real_clf = classifier_features(clf, data.images)
+    subsets = [perm] + [torch.randperm(len(data.images), generator=torch.Generator().manual_seed(d))
+                        for d in range(1, cfg.draws)]       # the floor's draws; the first one past the FID images
     floor = ("real-subset", None, {"kind": "data", "divergence": "", "estimator": "", "gan": "", "seed": -1, "nfe": 0,
                                    "status": "ok", "wall_time_s": 0.0})
     rows, curves = [], []
     sets = sample_sets(samples_dir, teacher_dir, runs_dir)
-    xs = [data.images[perm[n_fid:n_fid + cfg.n_samples]] if path is None else
+    xs = [torch.cat([data.images[p[n_fid:n_fid + cfg.n_samples]] for p in subsets]) if path is None else
           checkpoint.load(path).clamp(-1, 1) for _, path, _ in [floor, *sets]]
     real_inception, *inception = fid.inception_features_of_sets(
         [to_uint8(data.images[perm[:n_fid]])] + [to_uint8(x[:n_fid]) for x in xs], weights, cfg.fid.batch,
         workers) if n_fid else [None] * (len(xs) + 1)
     for (name, _, info), x, feats in zip([floor, *sets], xs, inception):
+        draws = x.chunk(cfg.draws)
+        fds = [fid.frechet_distance(classifier_features(clf, d), real_clf) for d in draws]
+        mean, half = tables.mean_interval(fds)
         rows.append({"run": name, **info, "fid_images": n_fid,
                      "fid": fid.frechet_distance(feats, real_inception) if n_fid else None,
-                     "classifier_fd": fid.frechet_distance(classifier_features(clf, x), real_clf),
-                     "classifier_images": len(x), **class_balance(clf, x)})
+                     "classifier_fd": mean, "classifier_fd_half": None if np.isnan(half) else half,
+                     "classifier_fd_draws": fds, "classifier_images": len(draws[0]), "draws": len(draws),
+                     **class_balance(clf, x)})
         if info["kind"] not in ("teacher", "data"):
             history = json.loads((runs_dir / name / "run.json").read_text())["history"]
             curves += [{"run": name, **{k: v for k, v in h.items() if k != "phase"}} for h in history]
@@ -117,9 +127,11 @@ def evaluate_stage(cfg: DigitsConfig, params: dict, teacher_dir: Path, classifie
     tables.write_table(_table(frame), out_dir / "table",
                        f"{cfg.dataset}: one-step students vs the teacher's Heun sampler"
                        + (f" (FID on {n_fid} images)" if n_fid else ""), f"tab:{cfg.dataset}")
-    tables.write_table(summary_table(frame[frame.status == "ok"]), out_dir / "summary",
-                       f"{cfg.dataset}: classifier FD of each setting over its seeds (mean ± 95% interval), "
-                       "beside the teacher and the floor of two sets of real images", f"tab:{cfg.dataset}-summary")
+    settings = summary_table(frame[frame.status == "ok"])   # a diverged run has samples but no setting's interval
+    tables.write_table(settings, out_dir / "summary",
+                       f"{cfg.dataset}: classifier FD of each setting (mean ± 95% interval over its seeds, each the "
+                       f"mean of {cfg.draws} draws of {cfg.n_samples} samples; over the draws for the teacher and the "
+                       "floor of real subsets)", f"tab:{cfg.dataset}-summary")
     pd.DataFrame(curves).to_csv(out_dir / "curves.csv", index=False)
     meta = {"inception": weights.describe() if weights else None,
             "classifier_test_accuracy": clf_info["test_accuracy"],
@@ -130,17 +142,21 @@ def evaluate_stage(cfg: DigitsConfig, params: dict, teacher_dir: Path, classifie
                           {"rows": rows, **meta, "provenance": provenance.record(params, started)})
     students, teacher, real = (frame[~frame.kind.isin(["teacher", "data"])], frame[frame.kind == "teacher"].iloc[0],
                                frame[frame.kind == "data"].iloc[0])
-    scored = students[students.status == "ok"]        # a diverged run has samples but no setting's interval
-    settings = summary_table(scored)
+    scored = students[students.status == "ok"]
+    settings = settings[~settings.model.isin([_setting_name("teacher", ""), _setting_name("data", "")])]
     best = settings.loc[settings["mean"].idxmin()] if len(settings) else None
-    summary = {"teacher_classifier_fd": float(teacher.classifier_fd),
+    summary = {"draws": cfg.draws, "images_per_draw": cfg.n_samples,
+               "teacher_classifier_fd": float(teacher.classifier_fd),
+               "teacher_half_width": _number(teacher.classifier_fd_half),
                "real_subset_classifier_fd": float(real.classifier_fd),
+               "real_subset_half_width": _number(real.classifier_fd_half),
                "best_student_classifier_fd": float(students.classifier_fd.min()) if len(students) else None,
                "best_setting": f"{best.model}, GAN {best.GAN}" if best is not None else None,
                "best_setting_classifier_fd": float(best["mean"]) if best is not None else None,
                "best_setting_half_width": (None if best is None or best["95% half-width"] == ""
                                            else float(best["95% half-width"])),
                "classifier_test_accuracy": clf_info["test_accuracy"]}
+    summary["best_setting_minus_teacher"] = best["minus teacher (95%)"] if best is not None else None
     summary["gan_effect"] = gan_effect(scored)
     if n_fid:
         summary.update({"teacher_fid": float(teacher.fid), "real_subset_fid": float(real.fid),
@@ -182,19 +198,44 @@ def _figures(frame: pd.DataFrame, curves: pd.DataFrame, sets: list[tuple[str, Pa
     plt.close(fig)
 
 
+def _number(value) -> float | None:
+    return None if value is None or np.isnan(value) else float(value)
+
+
+def _setting_name(kind: str, divergence: str) -> str:
+    return ("real images (floor)" if kind == "data" else "teacher" if kind == "teacher" else
+            kind if kind != "uni-instruct" else f"Uni-Instruct {divergence.upper()}")
+
+
+def _scores(group: pd.DataFrame) -> tuple[list[float], str]:
+    """What a setting's interval is over: its seeds (each run's mean over draws), or a single run's draws."""
+    if len(group) > 1:
+        return list(group.classifier_fd), "seeds"
+    draws = group.classifier_fd_draws.iloc[0] if "classifier_fd_draws" in group else None
+    return (list(draws) if isinstance(draws, list) else [float(group.classifier_fd.iloc[0])]), "draws"
+
+
 def summary_table(frame: pd.DataFrame) -> pd.DataFrame:
-    """One row per setting (kind, divergence, estimator, GAN): the classifier FD over its seeds as mean ± 95%
-    interval, its seeds, and its best and worst seed; the teacher and the real-image floor first."""
+    """One row per setting (kind, divergence, estimator, GAN): the classifier FD as mean ± 95% interval — over the
+    setting's seeds (each seed's score the mean over its latent draws), or over the draws of a setting with one run
+    (the teacher, the floor) —, its seeds, its best and worst run, and each student setting minus the teacher (the
+    difference of means with its 95% Welch interval: the student's seeds against the teacher's draws)."""
+    teacher = frame[frame.kind == "teacher"]
+    teacher_scores = _scores(teacher)[0] if len(teacher) else []
     rows = []
     for key, group in frame.groupby(["kind", "divergence", "estimator", "gan"], sort=False):
-        mean, half = tables.mean_interval(group.classifier_fd)
-        rows.append({"model": "real images (floor)" if key[0] == "data" else "teacher" if key[0] == "teacher" else
-                     key[0] if key[0] != "uni-instruct" else f"Uni-Instruct {key[1].upper()}",
-                     "estimator": key[2], "GAN": key[3], "NFE": int(group.nfe.iloc[0]), "seeds": len(group),
-                     "classifier FD": tables.format_interval(group.classifier_fd), "mean": round(mean, 3),
+        scores, over = _scores(group)
+        mean, half = tables.mean_interval(scores)
+        vs = ""
+        if key[0] not in ("teacher", "data") and teacher_scores:
+            diff, low, high = tables.welch_interval(scores, teacher_scores)
+            vs = f"{diff:+.2f}" + ("" if np.isnan(low) else f" [{low:+.2f}, {high:+.2f}]")
+        rows.append({"model": _setting_name(key[0], key[1]), "estimator": key[2], "GAN": key[3],
+                     "NFE": int(group.nfe.iloc[0]), "seeds": len(group),
+                     "classifier FD": tables.format_interval(scores), "interval over": over, "mean": round(mean, 3),
                      "95% half-width": "" if np.isnan(half) else round(half, 3),
                      "best": round(float(group.classifier_fd.min()), 3),
-                     "worst": round(float(group.classifier_fd.max()), 3)})
+                     "worst": round(float(group.classifier_fd.max()), 3), "minus teacher (95%)": vs})
     return pd.DataFrame(rows)
 
 
@@ -213,11 +254,14 @@ def gan_effect(students: pd.DataFrame) -> dict[str, dict[str, float]]:
 
 def _table(frame: pd.DataFrame) -> pd.DataFrame:
     out = frame[["run", "divergence", "estimator", "gan", "seed", "nfe", "status", "fid", "fid_images",
-                 "classifier_fd", "classifier_images", "class_min_ratio", "confidence", "wall_time_s"]].copy()
+                 "classifier_fd", "classifier_fd_half", "draws", "classifier_images", "class_min_ratio", "confidence",
+                 "wall_time_s"]].copy()
     out.columns = ["run", "divergence", "estimator", "GAN", "seed", "NFE", "status", "FID", "FID images",
-                   "classifier FD", "cFD images", "rarest class ratio", "confidence", "wall time (s)"]
+                   "classifier FD (mean of draws)", "95% half-width (draws)", "draws", "cFD images per draw",
+                   "rarest class ratio", "confidence", "wall time (s)"]
     if out["FID"].isna().all():
         out = out.drop(columns=["FID", "FID images"])
-    for col in [c for c in ("FID", "classifier FD", "rarest class ratio", "confidence") if c in out]:
-        out[col] = out[col].map(lambda v: float(np.round(v, 3)))
+    for col in [c for c in ("FID", "classifier FD (mean of draws)", "95% half-width (draws)", "rarest class ratio",
+                            "confidence") if c in out]:
+        out[col] = out[col].map(lambda v: None if _number(v) is None else float(np.round(v, 3)))
     return out
