@@ -15,6 +15,7 @@ import yaml
 from uniinstruct import divergences, provenance
 from uniinstruct.config import ConfigError, from_dict
 from uniinstruct.images.data import load
+from uniinstruct.kinds import ROW_KINDS
 from uniinstruct.networks import EDMPrecond, UNet
 from uniinstruct.pipelines.digits import DigitsConfig, real_sampler
 from uniinstruct.training import checkpoint
@@ -212,6 +213,8 @@ def test_cli_stages_end_to_end(tmp_path, tiny_digits_params):
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     runs = [r["run"] for r in metrics["rows"]]
     assert runs == ["real-subset", "teacher-heun", "ui-js-official-s0", "ui-rkl-exact-s0"]
+    assert [r["kind"] for r in metrics["rows"]] == ["data", "teacher", "uni-instruct", "uni-instruct"]
+    assert {r["kind"] for r in metrics["rows"]} <= set(ROW_KINDS) and all(r["method"] == "" for r in metrics["rows"])
     assert all(r["fid"] > 0 and r["classifier_fd"] > 0 and r["fid_images"] == 12 for r in metrics["rows"])
     # each score: the classifier FD of each draw of 30 samples against all real digits, then their mean and interval
     from uniinstruct.config import load_section
@@ -360,20 +363,24 @@ def test_plan_adds_the_runs_without_the_gan(tiny_digits_params):
 
 
 def test_summary_table_gives_each_setting_its_interval_over_seeds():
-    """Three seeds: mean ± t(0.975, 2)·s/√3 with t = 4.302652729911275 (tables of Student's t); one seed: no interval."""
+    """Three seeds: mean ± t(0.975, 2)·s/√3 with t = 4.302652729911275 (tables of Student's t); one seed: no interval.
+    A prior method's setting is named by its ``method`` field."""
     import pandas as pd
 
     from uniinstruct.pipelines.digits_evaluate import summary_table
 
-    base = {"estimator": "", "gan": "", "nfe": 0}
+    base = {"method": "", "estimator": "", "gan": "", "nfe": 0}
+    ui = {"kind": "uni-instruct", "method": "", "divergence": "fkl", "estimator": "exact", "nfe": 1}
     frame = pd.DataFrame([{**base, "kind": "data", "divergence": "", "classifier_fd": 0.2},
                           {**base, "kind": "teacher", "divergence": "", "nfe": 35, "classifier_fd": 2.9},
-                          *[{"kind": "uni-instruct", "divergence": "fkl", "estimator": "exact", "gan": "yes", "nfe": 1,
-                             "classifier_fd": v} for v in (3.0, 4.0, 6.5)],
-                          {"kind": "uni-instruct", "divergence": "fkl", "estimator": "exact", "gan": "no", "nfe": 1,
-                           "classifier_fd": 7.0}])
+                          *[{**ui, "gan": "yes", "classifier_fd": v} for v in (3.0, 4.0, 6.5)],
+                          {**ui, "gan": "no", "classifier_fd": 7.0},
+                          *[{**base, "kind": "method", "method": m, "divergence": "", "gan": "yes", "nfe": 1,
+                             "classifier_fd": v} for m, v in (("sida", 5.0), ("dmd2", 6.0), ("sida", 5.5))]])
     table = summary_table(frame)
-    assert list(table.model) == ["real images (floor)", "teacher", "Uni-Instruct FKL", "Uni-Instruct FKL"]
+    assert list(table.model) == ["real images (floor)", "teacher", "Uni-Instruct FKL", "Uni-Instruct FKL", "sida",
+                                 "dmd2"]
+    assert list(table.seeds)[-2:] == [2, 1] and table.iloc[4]["mean"] == 5.25
     row = table.iloc[2]
     sd = ((3.0 - 4.5) ** 2 + (4.0 - 4.5) ** 2 + (6.5 - 4.5) ** 2) ** 0.5 / 2 ** 0.5
     assert row.seeds == 3 and row["mean"] == 4.5 and row.best == 3.0 and row.worst == 6.5
@@ -390,10 +397,11 @@ def test_summary_table_takes_one_runs_interval_over_its_draws_and_compares_stude
 
     from uniinstruct.pipelines.digits_evaluate import summary_table
 
-    base = {"estimator": "", "gan": "", "divergence": ""}
+    base = {"method": "", "estimator": "", "gan": "", "divergence": ""}
     frame = pd.DataFrame([{**base, "kind": "teacher", "nfe": 35, "classifier_fd": 2.0, "classifier_fd_draws": [1.5, 2.5]},
-                          *[{"kind": "uni-instruct", "divergence": "fkl", "estimator": "exact", "gan": "yes", "nfe": 1,
-                             "classifier_fd": v, "classifier_fd_draws": [v - 0.5, v + 0.5]} for v in (3.0, 4.0)]])
+                          *[{**base, "kind": "uni-instruct", "divergence": "fkl", "estimator": "exact", "gan": "yes",
+                             "nfe": 1, "classifier_fd": v, "classifier_fd_draws": [v - 0.5, v + 0.5]}
+                            for v in (3.0, 4.0)]])
     teacher, student = summary_table(frame).to_dict("records")
     assert teacher["interval over"] == "draws" and teacher["mean"] == 2.0
     assert teacher["95% half-width"] == pytest.approx(12.706204736174707 * 0.5, abs=1e-3)   # t(0.975, 1) · s/√2

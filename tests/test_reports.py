@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from uniinstruct import paper_data, provenance, reports
+from uniinstruct.kinds import ROW_KINDS
 from uniinstruct.tables import latex_escape
 from conftest import ROOT
 
@@ -87,6 +88,15 @@ def test_unknown_profile_lists_the_valid_ones():
 
 def mean_of(rows, key):
     return float(np.mean([r[key] for r in rows]))
+
+
+def test_committed_metrics_rows_use_one_vocabulary():
+    """Every row of the tiers' metrics has a kind of :data:`ROW_KINDS`; what tells rows of a kind apart is a field."""
+    assert {r["kind"] for r in TOY["rows"] + DIGITS["rows"]} <= set(ROW_KINDS)
+    assert sorted(r["teacher"] for r in TOY["rows"] if r["kind"] == "teacher") == ["analytic", "learned"]
+    assert all(r["regression_steps"] > 0 for r in TOY["rows"] if r["kind"] == "ceiling")
+    assert all(r["method"] for r in TOY["rows"] + DIGITS["rows"] if r["kind"] == "method")
+    assert [r["kind"] for r in DIGITS["rows"][:2]] == ["data", "teacher"]
 
 
 def tier_rows(toy):

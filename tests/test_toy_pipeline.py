@@ -9,6 +9,7 @@ import torch
 import yaml
 
 from uniinstruct.config import ConfigError, from_dict
+from uniinstruct.kinds import ROW_KINDS
 from uniinstruct.pipelines.toy import ToyConfig, data_std
 from uniinstruct.training.distill import run_name
 from uniinstruct.toy.problems import benchmark
@@ -73,7 +74,11 @@ def test_toy_tier_end_to_end(tmp_path, tiny_toy_params):
                                         "ui-rkl-exact-s1", "wide-ceiling-i30-s3", "wide-ui-fkl-exact-s3"]
     assert [r["network"] for r in rows] == ["exact"] + ["16×2"] * 7 + ["24×2"] * 2
     assert all(0 <= r["mode_covered"] <= 8 and r["teacher_nll"] > 0 and 0 <= r["off_mode"] <= 1 for r in rows)
-    assert rows[2]["kind"] == "ceiling (200 regression steps)" and rows[2]["nfe"] == 1
+    assert [r["kind"] for r in rows] == ["teacher", "teacher", "ceiling", "method", *["uni-instruct"] * 4, "ceiling",
+                                         "uni-instruct"]
+    assert {r["kind"] for r in rows} <= set(ROW_KINDS)                     # one vocabulary; the detail in its fields
+    assert [r["teacher"] for r in rows[:2]] == ["analytic", "learned"] and rows[3]["method"] == "sida"
+    assert rows[2]["regression_steps"] == 200 and rows[8]["regression_steps"] == 30 and rows[2]["nfe"] == 1
     cli("notebook", "toy/ablation", "--params", str(params), "--out-dir",
         str(tmp_path / "results" / "toy"), "--executed-dir", str(tmp_path / "nb"),
         "--param", f"runs_dir={tmp_path / 'runs'}", "--param", f"teacher_dir={tmp_path / 'teacher'}")

@@ -256,7 +256,7 @@ def teacher_vs_student(results_dir: str | Path, toy: dict, digits: dict) -> pd.D
                      "teacher value": teacher_value, "best student": name,
                      "student NFE": "1", "student value": student_value})
     kind = toy["provenance"]["params"]["teacher"]      # the teacher the students were distilled from
-    teacher = next(r for r in toy["rows"] if r["kind"] == f"teacher ({kind})")
+    teacher = next(r for r in toy["rows"] if r["kind"] == "teacher" and r["teacher"] == kind)
     means = {(d, wide): m["off_mode"] for wide in (False, True) for d, m in _toy_means(toy, wide=wide).items()}
     best = min(means, key=means.get) if means else None       # the ablation's students and the wide ones
     rows.append({"tier": "toy (CPU)", "dataset": f"2-D mixture ({toy['provenance']['params']['benchmark']})",

@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from uniinstruct import provenance, tables
+from uniinstruct import kinds, provenance, tables
 from uniinstruct.images import fid
 from uniinstruct.images.classifier import Classifier, classifier_features, train_classifier
 from uniinstruct.images.data import to_uint8
@@ -57,7 +57,7 @@ def sample_sets(samples_dir: Path, teacher_dir: Path, runs_dir: Path) -> list[tu
     index = {s["name"]: s for s in json.loads((samples_dir / "samples.json").read_text())["sets"]}
     teacher = provenance.read_json(teacher_dir / "teacher.json")
     sets = [("teacher-heun", samples_dir / "teacher-heun.pt",
-             {"kind": "teacher", "divergence": "", "estimator": "", "gan": "", "seed": -1,
+             {"kind": "teacher", "method": "", "divergence": "", "estimator": "", "gan": "", "seed": -1,
               "nfe": index["teacher-heun"]["nfe"],
               "status": "ok", "wall_time_s": teacher["provenance"].get("wall_time_s")})]
     for folder in sorted(p for p in runs_dir.iterdir() if p.is_dir()) if runs_dir.is_dir() else []:
@@ -68,7 +68,8 @@ def sample_sets(samples_dir: Path, teacher_dir: Path, runs_dir: Path) -> list[tu
         status = "ok" if run["status"] == "ok" else \
             f"diverged at iteration {run['diverged_at']} (sampled at {index[folder.name]['iteration']})"
         sets.append((folder.name, samples_dir / f"{folder.name}.pt",
-                     {"kind": c["method"] or "uni-instruct", "divergence": "" if c["method"] else c["divergence"],
+                     {"kind": kinds.run_kind(c), "method": c["method"],
+                      "divergence": "" if c["method"] else c["divergence"],
                       "estimator": "" if c["method"] else c["estimator"], "gan": "yes" if c["use_gan"] else "no",
                       "seed": c["seed"], "nfe": 1,
                       "status": status, "wall_time_s": run["provenance"].get("wall_time_s")}))
@@ -97,8 +98,8 @@ def evaluate_stage(cfg: DigitsConfig, params: dict, teacher_dir: Path, classifie
     real_clf = classifier_features(clf, data.images)
     subsets = [perm] + [torch.randperm(len(data.images), generator=torch.Generator().manual_seed(d))
                         for d in range(1, cfg.draws)]       # the floor's draws; the first one past the FID images
-    floor = ("real-subset", None, {"kind": "data", "divergence": "", "estimator": "", "gan": "", "seed": -1, "nfe": 0,
-                                   "status": "ok", "wall_time_s": 0.0})
+    floor = ("real-subset", None, {"kind": "data", "method": "", "divergence": "", "estimator": "", "gan": "",
+                                   "seed": -1, "nfe": 0, "status": "ok", "wall_time_s": 0.0})
     rows, curves = [], []
     sets = sample_sets(samples_dir, teacher_dir, runs_dir)
     xs = [torch.cat([data.images[p[n_fid:n_fid + cfg.n_samples]] for p in subsets]) if path is None else
@@ -115,7 +116,7 @@ def evaluate_stage(cfg: DigitsConfig, params: dict, teacher_dir: Path, classifie
                      "classifier_fd": mean, "classifier_fd_half": None if np.isnan(half) else half,
                      "classifier_fd_draws": fds, "classifier_images": len(draws[0]), "draws": len(draws),
                      **class_balance(clf, x)})
-        if info["kind"] not in ("teacher", "data"):
+        if info["kind"] in kinds.STUDENT_KINDS:
             history = json.loads((runs_dir / name / "run.json").read_text())["history"]
             curves += [{"run": name, **{k: v for k, v in h.items() if k != "phase"}} for h in history]
     figures = out_dir / "figures"
@@ -140,10 +141,10 @@ def evaluate_stage(cfg: DigitsConfig, params: dict, teacher_dir: Path, classifie
                             if n_fid else "not computed (digits.fid.num_images: 0)"}
     provenance.write_json(out_dir / "metrics.json",
                           {"rows": rows, **meta, "provenance": provenance.record(params, started)})
-    students, teacher, real = (frame[~frame.kind.isin(["teacher", "data"])], frame[frame.kind == "teacher"].iloc[0],
+    students, teacher, real = (frame[frame.kind.isin(kinds.STUDENT_KINDS)], frame[frame.kind == "teacher"].iloc[0],
                                frame[frame.kind == "data"].iloc[0])
     scored = students[students.status == "ok"]
-    settings = settings[~settings.model.isin([_setting_name("teacher", ""), _setting_name("data", "")])]
+    settings = settings[~settings.model.isin([_setting_name(k, "", "") for k in ("teacher", "data")])]
     best = settings.loc[settings["mean"].idxmin()] if len(settings) else None
     summary = {"draws": cfg.draws, "images_per_draw": cfg.n_samples,
                "teacher_classifier_fd": float(teacher.classifier_fd),
@@ -202,9 +203,10 @@ def _number(value) -> float | None:
     return None if value is None or np.isnan(value) else float(value)
 
 
-def _setting_name(kind: str, divergence: str) -> str:
-    return ("real images (floor)" if kind == "data" else "teacher" if kind == "teacher" else
-            kind if kind != "uni-instruct" else f"Uni-Instruct {divergence.upper()}")
+def _setting_name(kind: str, method: str, divergence: str) -> str:
+    """The summary's name of a setting: a prior method by its ``method`` field (:mod:`kinds`)."""
+    return {"data": "real images (floor)", "teacher": "teacher", "method": method,
+            "uni-instruct": f"Uni-Instruct {divergence.upper()}"}[kind]
 
 
 def _scores(group: pd.DataFrame) -> tuple[list[float], str]:
@@ -216,21 +218,22 @@ def _scores(group: pd.DataFrame) -> tuple[list[float], str]:
 
 
 def summary_table(frame: pd.DataFrame) -> pd.DataFrame:
-    """One row per setting (kind, divergence, estimator, GAN): the classifier FD as mean ± 95% interval — over the
-    setting's seeds (each seed's score the mean over its latent draws), or over the draws of a setting with one run
-    (the teacher, the floor) —, its seeds, its best and worst run, and each student setting minus the teacher (the
-    difference of means with its 95% Welch interval: the student's seeds against the teacher's draws)."""
+    """One row per setting (kind, method, divergence, estimator, GAN): the classifier FD as mean ± 95% interval —
+    over the setting's seeds (each seed's score the mean over its latent draws), or over the draws of a setting with
+    one run (the teacher, the floor) —, its seeds, its best and worst run, and each student setting minus the teacher
+    (the difference of means with its 95% Welch interval: the student's seeds against the teacher's draws)."""
     teacher = frame[frame.kind == "teacher"]
     teacher_scores = _scores(teacher)[0] if len(teacher) else []
     rows = []
-    for key, group in frame.groupby(["kind", "divergence", "estimator", "gan"], sort=False):
+    for (kind, method, divergence, estimator, gan), group in frame.groupby(
+            ["kind", "method", "divergence", "estimator", "gan"], sort=False):
         scores, over = _scores(group)
         mean, half = tables.mean_interval(scores)
         vs = ""
-        if key[0] not in ("teacher", "data") and teacher_scores:
+        if kind in kinds.STUDENT_KINDS and teacher_scores:
             diff, low, high = tables.welch_interval(scores, teacher_scores)
             vs = f"{diff:+.2f}" + ("" if np.isnan(low) else f" [{low:+.2f}, {high:+.2f}]")
-        rows.append({"model": _setting_name(key[0], key[1]), "estimator": key[2], "GAN": key[3],
+        rows.append({"model": _setting_name(kind, method, divergence), "estimator": estimator, "GAN": gan,
                      "NFE": int(group.nfe.iloc[0]), "seeds": len(group),
                      "classifier FD": tables.format_interval(scores), "interval over": over, "mean": round(mean, 3),
                      "95% half-width": "" if np.isnan(half) else round(half, 3),

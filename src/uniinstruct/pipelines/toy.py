@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from uniinstruct import divergences, methods, parallel, provenance
+from uniinstruct import divergences, kinds, methods, parallel, provenance
 from uniinstruct.config import ConfigError, from_dict, inherit, positive, valid_names
 from uniinstruct.networks import EDMPrecond, toy_denoiser
 from uniinstruct.sampling import heun_nfe, heun_sampler, one_step_sample
@@ -434,8 +434,8 @@ def evaluate_stage(cfg: ToyConfig, params: dict, runs_dir: Path, teacher_dir: Pa
     processes at a time."""
     started = time.perf_counter()
     teacher_info = provenance.read_json(teacher_dir / "teacher.json")
-    entries = [(f"teacher-{kind}-heun", teacher_dir / f"samples_{kind}.pt", _describe_teacher(cfg, teacher_info, kind))
-               for kind in TEACHERS]
+    entries = [(f"teacher-{name}-heun", teacher_dir / f"samples_{name}.pt", _describe_teacher(cfg, teacher_info, name))
+               for name in TEACHERS]
     for folder in sorted(p for p in runs_dir.iterdir() if p.is_dir()):
         run_json = folder / "run.json"
         if not run_json.exists():
@@ -447,10 +447,11 @@ def evaluate_stage(cfg: ToyConfig, params: dict, runs_dir: Path, teacher_dir: Pa
     return rows
 
 
-def _describe_teacher(cfg: ToyConfig, info: dict, kind: str) -> dict:
-    return {"kind": f"teacher ({kind})", "network": network(cfg) if kind == "learned" else "exact", "divergence": "",
-            "estimator": "", "method": "", "ratio": "", "seed": -1,
-            "nfe": info["nfe"], "status": "ok", "wall_time_s": info["provenance"].get("wall_time_s"), "gan": False}
+def _describe_teacher(cfg: ToyConfig, info: dict, teacher: str) -> dict:
+    """A metrics row's description of a teacher's Heun samples (``teacher``: one of :data:`TEACHERS`)."""
+    return {"kind": "teacher", "teacher": teacher, "network": network(cfg) if teacher == "learned" else "exact",
+            "divergence": "", "estimator": "", "method": "", "ratio": "", "seed": -1, "nfe": info["nfe"],
+            "status": "ok", "wall_time_s": info["provenance"].get("wall_time_s"), "gan": False}
 
 
 def _share(wall_time_s: float | None, members: int) -> float | None:
@@ -459,12 +460,13 @@ def _share(wall_time_s: float | None, members: int) -> float | None:
 
 
 def _describe_run(info: dict) -> dict:
+    """A metrics row's description of a run (its ``run.json``): a ceiling fit or a distillation (:mod:`kinds`)."""
     if info.get("kind") == "ceiling":
-        return {"kind": f"ceiling ({info['iterations']} regression steps)", "network": info["network"], "divergence": "",
-                "estimator": "", "method": "", "ratio": "", "seed": info["seed"], "nfe": 1, "status": info["status"],
-                "gan": False, "wall_time_s": info["provenance"].get("wall_time_s")}
+        return {"kind": "ceiling", "regression_steps": info["iterations"], "network": info["network"],
+                "divergence": "", "estimator": "", "method": "", "ratio": "", "seed": info["seed"], "nfe": 1,
+                "status": info["status"], "gan": False, "wall_time_s": info["provenance"].get("wall_time_s")}
     c = info["config"]
-    return {"kind": "method" if c["method"] else "uni-instruct", "network": info["network"],
+    return {"kind": kinds.run_kind(c), "network": info["network"],
             "divergence": "" if c["method"] else c["divergence"],
             "estimator": "" if c["method"] else c["estimator"], "method": c["method"], "ratio": c["ratio"],
             "seed": c["seed"], "nfe": 1, "gan": c["use_gan"],

@@ -1,0 +1,37 @@
+"""What a row of a tier's metrics describes: the one vocabulary of the ``kind`` field of ``results/toy/metrics.json``
+and ``results/digits/metrics.json``, with the fields that tell two rows of one kind apart.
+
+No dependencies: the tiers' pipelines import it in every worker process.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+ROW_KINDS = {
+    "data": "real images scored as if they were samples: the floor that sampling noise sets (digits: a real subset)",
+    "teacher": "the teacher's multi-step Heun sampler; toy: its ``teacher`` field says which, analytic or learned",
+    "ceiling": "the one-step capacity ceiling (toy): the generator regressed onto the teacher's ODE map; its "
+               "``regression_steps`` field: how many steps",
+    "uni-instruct": "a one-step student distilled by Uni-Instruct (its ``divergence``, ``estimator``, ...)",
+    "method": "a one-step student distilled by a prior method; its ``method`` field names it",
+}
+STUDENT_KINDS = ("uni-instruct", "method")          # the distilled one-step students
+
+
+def run_kind(config: Mapping) -> str:
+    """The kind of a distillation run, from its settings (a ``run.json``'s ``config``)."""
+    return "method" if config["method"] else "uni-instruct"
+
+
+def kind_label(row: Mapping) -> str:
+    """A row's kind with its detail, as the tables show it: ``teacher (learned)``, ``ceiling (3000 regression
+    steps)``; the other kinds (and a teacher without a ``teacher`` field) as they are."""
+    kind = row["kind"]
+    if kind not in ROW_KINDS:
+        raise ValueError(f"unknown row kind {kind!r}; valid: {', '.join(ROW_KINDS)}")
+    if kind == "teacher" and row.get("teacher"):
+        return f"teacher ({row['teacher']})"
+    if kind == "ceiling":
+        return f"ceiling ({row['regression_steps']} regression steps)"
+    return kind

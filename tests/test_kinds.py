@@ -1,0 +1,57 @@
+"""One vocabulary of metrics rows' ``kind`` for the toy and digits tiers (uniinstruct.kinds)."""
+
+import json
+
+import pytest
+
+from uniinstruct.kinds import ROW_KINDS, STUDENT_KINDS, kind_label, run_kind
+
+
+def test_the_vocabulary():
+    assert list(ROW_KINDS) == ["data", "teacher", "ceiling", "uni-instruct", "method"]
+    assert set(STUDENT_KINDS) < set(ROW_KINDS)
+    assert run_kind({"method": "", "divergence": "fkl"}) == "uni-instruct"
+    assert run_kind({"method": "sida", "divergence": "fkl"}) == "method"
+
+
+def test_labels_read_as_the_tables_did():
+    assert kind_label({"kind": "teacher", "teacher": "analytic"}) == "teacher (analytic)"
+    assert kind_label({"kind": "teacher"}) == "teacher"                                 # digits: one teacher
+    assert kind_label({"kind": "ceiling", "regression_steps": 3000}) == "ceiling (3000 regression steps)"
+    assert kind_label({"kind": "method", "method": "sida"}) == "method"
+    assert kind_label({"kind": "uni-instruct"}) == "uni-instruct"
+    with pytest.raises(ValueError, match=r"unknown row kind 'teacher \(learned\)'; valid: data, teacher, ceiling"):
+        kind_label({"kind": "teacher (learned)"})
+
+
+def test_toy_rows_put_the_detail_in_fields_of_their_own():
+    from uniinstruct.pipelines import toy
+
+    ceiling = toy._describe_run({"kind": "ceiling", "iterations": 3000, "network": "64×3", "seed": 1, "status": "ok",
+                                 "provenance": {}})
+    assert ceiling["kind"] == "ceiling" and ceiling["regression_steps"] == 3000
+    config = {"method": "dmd2", "divergence": "fkl", "estimator": "exact", "ratio": "logit", "seed": 0,
+              "use_gan": True}
+    method = toy._describe_run({"config": config, "network": "64×3", "status": "ok", "provenance": {}})
+    assert method["kind"] == "method" and method["method"] == "dmd2" and method["divergence"] == ""
+    student = toy._describe_run({"config": {**config, "method": ""}, "network": "64×3", "status": "ok",
+                                 "provenance": {}})
+    assert student["kind"] == "uni-instruct" and student["divergence"] == "fkl"
+
+
+def test_digits_rows_name_a_prior_method_in_its_method_field(tmp_path):
+    from uniinstruct.pipelines.digits_evaluate import sample_sets
+
+    (tmp_path / "samples").mkdir()
+    (tmp_path / "samples" / "samples.json").write_text(json.dumps({"sets": [
+        {"name": "teacher-heun", "nfe": 35}, {"name": "m-sida-s0", "nfe": 1}, {"name": "ui-fkl-exact-s0", "nfe": 1}]}))
+    (tmp_path / "teacher").mkdir()
+    (tmp_path / "teacher" / "teacher.json").write_text(json.dumps({"provenance": {}}))
+    config = {"method": "sida", "divergence": "fkl", "estimator": "exact", "use_gan": True, "seed": 0}
+    for name, method in (("m-sida-s0", "sida"), ("ui-fkl-exact-s0", "")):
+        (tmp_path / "runs" / name).mkdir(parents=True)
+        (tmp_path / "runs" / name / "run.json").write_text(json.dumps(
+            {"config": {**config, "method": method}, "status": "ok", "provenance": {}}))
+    rows = [info for _, _, info in sample_sets(tmp_path / "samples", tmp_path / "teacher", tmp_path / "runs")]
+    assert [(r["kind"], r["method"], r["divergence"]) for r in rows] == [
+        ("teacher", "", ""), ("method", "sida", ""), ("uni-instruct", "", "fkl")]
