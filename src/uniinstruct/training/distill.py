@@ -295,7 +295,7 @@ class Distiller:
             with torch.no_grad(), eval_mode(self.G):      # as the released code: no generator dropout here
                 x_g = self.generate(z_r, labels=c_r)
             y_fake, logit_fake = self.net(self.fake, x_g + noise_r, sigma_r, c_r, return_logits=True)
-            loss_score = self._per_member(losses.fake_score_loss(y_fake, x_g, sigma_r, self.sigma_data))
+            loss_score = self._per_member(losses.denoising_loss(y_fake, x_g, sigma_r, self.sigma_data))
             loss = cfg.ls * loss_score
             terms = {"fake_score": loss_score}
             if cfg.use_gan:
