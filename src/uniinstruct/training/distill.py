@@ -183,7 +183,7 @@ def check_members(members: list[DistillConfig]) -> None:
     if differ:
         raise ValueError(f"runs trained together must share every setting but {', '.join(sorted(MEMBER_KEYS))}; "
                          f"these differ: {', '.join(differ)}")
-    if len({bool(method_of(m).warmup_options) for m in members}) > 1:
+    if len({method_of(m).has_sim_warmup for m in members}) > 1:
         raise ValueError("runs trained together are all prior methods or all Uni-Instruct (their warm-ups differ)")
     if len(members) > 1 and (ddp.world()[1] > 1 or members[0].batch_gpu):
         raise ValueError("several runs train together in one process and on whole batches (no torchrun, batch_gpu 0)")
@@ -220,6 +220,8 @@ class Distiller:
         self.opt_fake = torch.optim.Adam(fake.parameters(), lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.adam_eps)
         self.opt_g = torch.optim.Adam(generator.parameters(), lr=cfg.glr, betas=tuple(cfg.betas), eps=cfg.adam_eps)
         self.methods = [method_of(m) for m in self.members]
+        # the members' methods in the SIM warm-up phase (the methods themselves when they have none)
+        self.warmup_methods = [m.sim_warmup() if m.has_sim_warmup else m for m in self.methods]
         self.iteration, self.cur_nimg, self.histories = 0, 0, [[] for _ in self.members]
         self.resumed_from = 0          # the iteration the last call of train() started at
         self._shape = tuple(sample_real(1, torch.Generator().manual_seed(0))[0].shape[1:])
@@ -268,7 +270,7 @@ class Distiller:
     def phase(self) -> str:
         if self.cur_nimg < self.cfg.warmup_fake_images:
             return "fake_only"
-        if self.cur_nimg < self.cfg.warmup_sim_images and self.methods[0].warmup_options:
+        if self.cur_nimg < self.cfg.warmup_sim_images and self.methods[0].has_sim_warmup:
             return "sim"
         return "divergence"
 
@@ -325,7 +327,8 @@ class Distiller:
             self.fake.requires_grad_(True)
         n = len(z) // len(self.members)
         member_losses, member_terms = [], []
-        for r, (member, method) in enumerate(zip(self.members, self.methods)):
+        phase_methods = self.warmup_methods if phase == "sim" else self.methods
+        for r, (member, method) in enumerate(zip(self.members, phase_methods)):
             rows = slice(r * n, (r + 1) * n)
             path = methods.PathBatch(x_g=x_g[rows], x_t=x_t[rows], eps=eps[rows], sigma=sigma[rows],
                                      y_real=y_real[rows], y_fake=y_fake[rows], log_ratio=logit[rows])
@@ -336,10 +339,8 @@ class Distiller:
 
     def _member_generator_loss(self, cfg: DistillConfig, method: methods.Method, phase: str,
                                path: methods.PathBatch) -> tuple[Tensor, dict[str, Tensor]]:
-        """One member's generator loss (the mean over its samples) and its terms; in the SIM warm-up, the method's
-        warm-up options and no GAN term (as the released code)."""
-        if phase == "sim":
-            method = method.with_options(**method.warmup_options)
+        """One member's generator loss (the mean over its samples) and its terms; in the SIM warm-up (``method`` is
+        then the member's warm-up method), no GAN term (as the released code)."""
         w_f = losses.sid_weight_factor(path.x_g, path.y_real)
         core = method.generator_loss(replace(path, weight=method.trainer_weight(path.sigma, w_f)))
         terms = {"generator": core.mean()}
@@ -591,5 +592,5 @@ def schedule_summary(cfg: DistillConfig) -> dict[str, int]:
     """Iterations spent in each phase (for logs and tests)."""
     to_iter = lambda images: min(cfg.iterations, math.ceil(images / cfg.batch))   # noqa: E731
     fake_only = to_iter(cfg.warmup_fake_images)
-    sim = (to_iter(cfg.warmup_sim_images) - fake_only) if method_of(cfg).warmup_options else 0
+    sim = (to_iter(cfg.warmup_sim_images) - fake_only) if method_of(cfg).has_sim_warmup else 0
     return {"fake_only": fake_only, "sim": sim, "divergence": cfg.iterations - fake_only - sim}
