@@ -42,7 +42,8 @@ def test_bad_names_and_options():
         methods.get("dmd3")
     with pytest.raises(ValueError, match="has no option 'beta'; options: alpha, normalize, guidance"):
         methods.get("sid").with_options(beta=2.0)
-    with pytest.raises(ValueError, match="no paper table 'nope'; available: cifar10_cond, cifar10_uncond, divergence_ablation, imagenet64, unification_table"):
+    with pytest.raises(ValueError, match="no paper table 'nope'; available: cifar10_cond, cifar10_uncond, "
+                                         "divergence_ablation, imagenet64, unification_table"):
         paper_data.read("nope")
 
 

@@ -90,7 +90,8 @@ class DistillConfig:
     checkpoint_every: int = 500        # iterations between atomic checkpoints
     log_every: int = 50                # iterations between history entries
     device: str = "cpu"                # cpu | cuda (random numbers are drawn on the CPU either way)
-    precision: str = "fp32"            # fp32 (strict: no TF32) | tf32 | bf16 (autocast of the network passes; losses fp32)
+    precision: str = "fp32"            # fp32 (strict: no TF32) | tf32 | bf16 (autocast of the network passes;
+                                       # losses fp32)
 
     def check(self):
         problems = [("batch_gpu", f"must be ≥ 0, got {self.batch_gpu}")] if self.batch_gpu < 0 else []
@@ -102,7 +103,8 @@ class DistillConfig:
         if not self.sigma_min < self.sigma_max:
             problems.append(("sigma_max", f"must be > sigma_min ({self.sigma_min}), got {self.sigma_max}"))
         if not self.tmax <= 1000:
-            problems.append(("tmax", f"must be in (0, 1000] (t ~ U[0, tmax/1000] on the EDM schedule), got {self.tmax}"))
+            problems.append(("tmax", f"must be in (0, 1000] (t ~ U[0, tmax/1000] on the EDM schedule), "
+                                     f"got {self.tmax}"))
         problems += [(key, f"must be ≥ 0, got {value}") for key, value in
                      (("ema_rampup", self.ema_rampup), ("ls", self.ls), ("lsd", self.lsd), ("lsg", self.lsg),
                       ("lsg_gan", self.lsg_gan)) if not value >= 0]
@@ -240,7 +242,8 @@ class Distiller:
     def _randn(self, *shape) -> Tensor:
         """Global-batch normal noise, ``shape`` per member from each member's generator (member-major); this
         process's shard, on its device."""
-        return ddp.shard(torch.cat([torch.randn(*shape, generator=g, device=g.device) for g in self.rngs])).to(self.device)
+        noise = torch.cat([torch.randn(*shape, generator=g, device=g.device) for g in self.rngs])
+        return ddp.shard(noise).to(self.device)
 
     def _labels(self, n: int) -> Tensor | None:
         """One-hot labels of generator samples, uniform over the classes (None when unconditional)."""
@@ -440,8 +443,8 @@ class Distiller:
         opts = {key: checkpoint.split_optimizer(opt.state_dict(), count)
                 for key, opt in (("opt_fake", self.opt_fake), ("opt_g", self.opt_g))}
         return [{"config": asdict(m), "iteration": self.iteration, "cur_nimg": self.cur_nimg,
-                 **{key: parts[r] for key, parts in {**nets, **opts}.items()}, "rng": rng.get_state(), "rng_device": rng.device.type,
-                 "history": history, "source": provenance.source_digest()}
+                 **{key: parts[r] for key, parts in {**nets, **opts}.items()}, "rng": rng.get_state(),
+                 "rng_device": rng.device.type, "history": history, "source": provenance.source_digest()}
                 for r, (m, rng, history) in enumerate(zip(self.members, self.rngs, self.histories))]
 
     def state_dict(self) -> dict:
@@ -574,7 +577,8 @@ def record_runs(distiller: Distiller, run_dirs: list[Path], params: list[dict], 
         record = {"config": asdict(member), **extra, **status, "resumed_from": distiller.resumed_from,
                   "trained_with": names, "schedule": schedule_summary(member), "world_size": ddp.world()[1],
                   "history": history}
-        provenance.write_json(Path(run_dir) / "run.json", {**record, "provenance": provenance.record(run_params, started)})
+        provenance.write_json(Path(run_dir) / "run.json",
+                              {**record, "provenance": provenance.record(run_params, started)})
         records.append(record)
     return records
 
