@@ -35,11 +35,12 @@ def measure(profile: str, precision: str, device: str, batch: int | None, channe
     torch.manual_seed(0)
     teacher = factory(**overrides).eval().requires_grad_(False)
     cfg = DistillConfig(divergence="jkl", batch=batch, iterations=steps + 1, warmup_fake_images=0,
-                        warmup_sim_images=0, device=device, precision=precision, ratio_n_dims=shape[0] * shape[1] * shape[2])
+                        warmup_sim_images=0, device=device, precision=precision,
+                        ratio_n_dims=shape[0] * shape[1] * shape[2])
     real = lambda n, gen: (torch.rand(n, *shape, generator=gen) * 2 - 1,   # noqa: E731
                            torch.randint(max(classes, 1), (n,), generator=gen) if classes else None)
-    d = Distiller(cfg, teacher, copy.deepcopy(teacher).requires_grad_(True), copy.deepcopy(teacher).requires_grad_(True),
-                  real, 0.5, classes)
+    d = Distiller(cfg, teacher, copy.deepcopy(teacher).requires_grad_(True),
+                  copy.deepcopy(teacher).requires_grad_(True), real, 0.5, classes)
     d.step()                                  # warm-up (allocations, kernels)
     if device.startswith("cuda"):
         torch.cuda.synchronize()
@@ -62,7 +63,8 @@ def main() -> None:
     parser.add_argument("--profiles", nargs="+", default=list(PROFILES), choices=list(PROFILES))
     parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "tf32", "bf16"])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--batch", type=int, default=None, help="images per iteration (default: the profile's per-GPU batch)")
+    parser.add_argument("--batch", type=int, default=None,
+                        help="images per iteration (default: the profile's per-GPU batch)")
     parser.add_argument("--channels", type=int, default=None, help="model_channels (default: the profile's own)")
     parser.add_argument("--steps", type=int, default=3, help="timed iterations")
     args = parser.parse_args()

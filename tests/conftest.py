@@ -45,8 +45,8 @@ def tiny_toy_params(tmp_path):
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     toy = params["toy"]
     toy.update(hidden=16, depth=2, n_samples=400, heun_steps=4)
-    toy["wide"].update(hidden=24, depth=2, divergences=["fkl"], no_gan_divergences=[], seeds=[3], ceiling_iterations=[30],
-                       distill={"iterations": 20})
+    toy["wide"].update(hidden=24, depth=2, divergences=["fkl"], no_gan_divergences=[], seeds=[3],
+                       ceiling_iterations=[30], distill={"iterations": 20})
     toy["teacher_train"].update(iterations=60, batch=64)
 
     def write(**distill):

@@ -1,6 +1,7 @@
 """Worker for the data-parallel test: a few Distiller steps on a tiny UNet, run as one process or under torchrun.
 
-usage: python tests/ddp_worker.py OUT.pt   |   python -m torch.distributed.run --nproc_per_node 2 tests/ddp_worker.py OUT.pt
+usage: python tests/ddp_worker.py OUT.pt
+   or: python -m torch.distributed.run --nproc_per_node 2 tests/ddp_worker.py OUT.pt
 The first process saves the gradients of the last step and the final weights.
 With ``--fail RANK:WHERE`` (WHERE: step | save) that process fails there inside ``Distiller.train`` (OUT is then its
 run folder): a bad value in its generator step, or a full disk when the first process saves its checkpoint.
@@ -29,8 +30,8 @@ def build(iterations: int = 1) -> tuple[DistillConfig, Distiller]:
     cfg = DistillConfig(divergence="js", batch=8, iterations=iterations, warmup_fake_images=0, warmup_sim_images=0,
                         checkpoint_every=100, lr=1e-3, glr=1e-3, ema_halflife_images=64.0)
     data = load("digits")
-    d = Distiller(cfg, teacher, copy.deepcopy(teacher).requires_grad_(True), copy.deepcopy(teacher).requires_grad_(True),
-                  real_sampler(data), 0.5, label_dim=10)
+    d = Distiller(cfg, teacher, copy.deepcopy(teacher).requires_grad_(True),
+                  copy.deepcopy(teacher).requires_grad_(True), real_sampler(data), 0.5, label_dim=10)
     return cfg, d
 
 

@@ -153,6 +153,7 @@ def test_write_json_is_atomic_and_records_provenance(tmp_path):
     assert prov["wall_time_s"] >= 0 and "commit" in prov["code_version"]
     # no temporary left behind; the volatile fields in their sidecar, the rest in the result
     assert sorted(p.name for p in target.parent.iterdir()) == ["result.json", "result.volatile.json"]
+    assert [provenance.is_volatile(p) for p in sorted(target.parent.iterdir())] == [False, True]
     stable = json.loads(target.read_text())["provenance"]
     assert set(stable) == {"params", "libraries"} and set(provenance.VOLATILE) <= set(prov)
 

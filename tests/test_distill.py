@@ -284,7 +284,8 @@ def test_sigkill_and_resume_through_the_cli(tmp_path, tiny_toy_params):
 
 @pytest.mark.parametrize("precision, tf32", [("fp32", False), ("tf32", True), ("bf16", False)])
 def test_precision_sets_tf32_explicitly(precision, tf32):
-    """fp32 is strict float32 as in the released code and EDM (PyTorch lets cuDNN use TF32 by default); tf32 allows it."""
+    """fp32 is strict float32 as in the released code and EDM (PyTorch lets cuDNN use TF32 by default); tf32 allows
+    it."""
     before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
     try:
         torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = not tf32

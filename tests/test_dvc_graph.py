@@ -142,7 +142,8 @@ def declared_code(deps: list[str]) -> set[Path]:
         path = ROOT / dep
         if not path.is_relative_to(SRC):
             continue
-        files |= {p for p in path.rglob("*") if p.is_file() and "__pycache__" not in p.parts} if path.is_dir() else {path}
+        files |= ({p for p in path.rglob("*") if p.is_file() and "__pycache__" not in p.parts} if path.is_dir()
+                  else {path})
     return files
 
 
@@ -225,7 +226,8 @@ def test_a_rerun_with_the_same_result_leaves_its_readers_up_to_date(tmp_path, ig
     project's .dvcignore shows that it would."""
     (tmp_path / "write.py").write_text(
         f"import sys, time\nsys.path.insert(0, {str(ROOT / 'src')!r})\nfrom uniinstruct import provenance\n"
-        "provenance.write_json('a/result.json', {'value': 1, 'provenance': provenance.record({}, time.perf_counter())})\n")
+        "provenance.write_json('a/result.json',\n"
+        "                      {'value': 1, 'provenance': provenance.record({}, time.perf_counter())})\n")
     (tmp_path / "dvc.yaml").write_text(
         "stages:\n  a:\n    cmd: python write.py\n    outs: [a]\n"
         "  b:\n    cmd: python -c \"import shutil; shutil.copy('a/result.json', 'b.json')\"\n"

@@ -41,7 +41,8 @@ DELETE = object()
 
 # (case, params edit, command after `uniinstruct`, what the one-line error must say)
 BAD_PARAMS = [
-    ("sigma_min above sigma_max", mutate("toy.distill.sigma_min", 100.0), "toy distill", "sigma_max: must be > sigma_min"),
+    ("sigma_min above sigma_max", mutate("toy.distill.sigma_min", 100.0), "toy distill",
+     "sigma_max: must be > sigma_min"),
     ("tmax beyond the schedule", mutate("toy.distill.tmax", 5000.0), "toy distill", "tmax: must be in (0, 1000]"),
     ("negative grad_clip", mutate("toy.distill.grad_clip", -1.0), "toy distill", "grad_clip: must be > 0"),
     ("negative ema_rampup", mutate("toy.distill.ema_rampup", -1.0), "toy distill", "ema_rampup: must be ≥ 0"),
@@ -74,7 +75,7 @@ def run(argv, capsys) -> tuple[int, str]:
 def test_bad_params_are_one_clear_line(case, edit, command, message, tmp_path, capsys):
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(edit(copy.deepcopy(PARAMS)), allow_unicode=True))
-    dirs = ["--out-dir", tmp_path / "teacher"] if command.startswith("notebook") else ["--teacher-dir", tmp_path / "teacher"]
+    dirs = ["--out-dir" if command.startswith("notebook") else "--teacher-dir", tmp_path / "teacher"]
     code, err = run([*command.split(), "--params", path, *dirs], capsys)
     assert code == 2 and err.startswith("uniinstruct: error: ") and err.count("\n") == 1, err
     assert message in err, err

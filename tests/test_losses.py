@@ -62,20 +62,20 @@ def test_sid_weight_factor(shape):
     assert not same.requires_grad
 
 
-# ---------------------------------------------------------------------------- fake score, discriminator
+# ---------------------------------------------------------------------------- denoising, discriminator
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("per_sample", [False, True])
-def test_fake_score_loss(shape, per_sample):
+def test_denoising_loss(shape, per_sample):
     yf, xg = arrays(shape, n=2)
     sig = np.linspace(0.3, 2.0, shape[0]) if per_sample else 0.7
     lam = (np.asarray(sig) ** 2 + 0.25) / (np.asarray(sig) * 0.5) ** 2
     yf_t, xg_t = t(yf, True), t(xg, True)
-    loss = losses.fake_score_loss(yf_t, xg_t, t(sig))
+    loss = losses.denoising_loss(yf_t, xg_t, t(sig))
     close(loss, lam * ((flat(yf) - flat(xg)) ** 2).sum(1))
     loss.sum().backward()
     lam_b = np.broadcast_to(lam, (shape[0],)).reshape((-1,) + (1,) * (len(shape) - 1))
     close(yf_t.grad, 2 * lam_b * (yf - xg))
-    assert xg_t.grad is None or bool((xg_t.grad == 0).all()), "x_g must be detached"
+    assert xg_t.grad is None or bool((xg_t.grad == 0).all()), "the target must be detached"
 
 
 @pytest.mark.parametrize("shape", [(3,), (3, 1, 2, 2)])

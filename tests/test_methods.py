@@ -42,7 +42,8 @@ def test_bad_names_and_options():
         methods.get("dmd3")
     with pytest.raises(ValueError, match="has no option 'beta'; options: alpha, normalize, guidance"):
         methods.get("sid").with_options(beta=2.0)
-    with pytest.raises(ValueError, match="no paper table 'nope'; available: cifar10_cond, cifar10_uncond, divergence_ablation, imagenet64, unification_table"):
+    with pytest.raises(ValueError, match="no paper table 'nope'; available: cifar10_cond, cifar10_uncond, "
+                                         "divergence_ablation, imagenet64, unification_table"):
         paper_data.read("nope")
 
 
@@ -157,5 +158,7 @@ def test_uni_instruct_is_a_method():
     assert torch.equal(ui.trainer_weight(batch.sigma, w_f), batch.sigma**4 / w_f)
     assert ui.with_options(estimator="official").trainer_weight(batch.sigma, w_f) == 1.0
     assert ui.warmup_options == {"divergence": "rkl"} and not methods.get("sida").warmup_options
+    assert ui.has_sim_warmup and not methods.get("sida").has_sim_warmup
+    assert ui.with_options(divergence="js").sim_warmup().options == {**ui.options, "divergence": "rkl"}
     with pytest.raises(ValueError, match="unknown ratio estimator 'oracle'"):
         ui.with_options(ratio="oracle").generator_loss(batch)

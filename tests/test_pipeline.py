@@ -78,7 +78,8 @@ def test_table_notebook_regenerates_the_committed_table(name, tmp_path):
                   "--executed-dir", tmp_path / "nb")
     assert run.returncode == 0, run.stderr[-3000:]
     for suffix in (".csv", ".md", ".tex"):
-        assert (tmp_path / f"{name}{suffix}").read_text() == (ROOT / "results" / "tables" / f"{name}{suffix}").read_text()
+        committed = ROOT / "results" / "tables" / f"{name}{suffix}"
+        assert (tmp_path / f"{name}{suffix}").read_text() == committed.read_text()
     record = json.loads((tmp_path / f"{name}.json").read_text())
     runs = {p.relative_to(ROOT).as_posix() for p in (ROOT / "results" / "paper").glob("*.json")}
     cpu_tiers = set() if name in PAPER_TABLES else \

@@ -118,7 +118,7 @@ def test_fake_score_and_discriminator_step(nets):
     noise = torch.randn(32, DIM, generator=g) * sigma[:, None]
     y_fake, logit_fake = fake(x_g + noise, sigma)
     _, logit_real = fake(x_real + noise, sigma)
-    loss = (losses.fake_score_loss(y_fake, x_g, sigma) + losses.discriminator_loss(logit_real, logit_fake)).mean()
+    loss = (losses.denoising_loss(y_fake, x_g, sigma) + losses.discriminator_loss(logit_real, logit_fake)).mean()
     step(fake, loss)
 
 

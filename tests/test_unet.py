@@ -17,7 +17,9 @@ CONFIGS = [
 
 
 def labels_for(net: UNet, n: int):
-    return torch.nn.functional.one_hot(torch.arange(n) % net.label_dim, net.label_dim).float() if net.label_dim else None
+    if not net.label_dim:
+        return None
+    return torch.nn.functional.one_hot(torch.arange(n) % net.label_dim, net.label_dim).float()
 
 
 def perturb(module: torch.nn.Module, seed: int = 0, scale: float = 0.05) -> None:
@@ -37,7 +39,8 @@ def test_shapes_and_finite_gradients(cfg):
     x, sigma = torch.randn(4, c, r, r), torch.tensor([0.01, 0.3, 2.0, 80.0])
     y, logits = net(x, sigma, labels_for(unet, 4), return_logits=True)
     bottleneck = r // 2 ** (len(cfg["channel_mult"]) - 1)
-    assert y.shape == x.shape and logits.shape == (4, 1, bottleneck, bottleneck) == (4, 1, *[unet.bottleneck_resolution] * 2)
+    assert y.shape == x.shape
+    assert logits.shape == (4, 1, bottleneck, bottleneck) == (4, 1, *[unet.bottleneck_resolution] * 2)
     (y.square().mean() + logits.mean()).backward()
     for name, p in net.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all(), name

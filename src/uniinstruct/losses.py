@@ -47,10 +47,12 @@ def sid_weight_factor(x_g: Tensor, y_real: Tensor, floor: float = 1e-5) -> Tenso
     return _flat(x_g - y_real).abs().mean(1).detach().clamp_min(floor)
 
 
-# ---------------------------------------------------------------------------- fake score and discriminator
-def fake_score_loss(y_fake: Tensor, x_g: Tensor, sigma: Tensor, sigma_data: float = 0.5) -> Tensor:
-    """Denoising loss of the fake score on generator samples: λ(σ) ‖D_ψ(x_g + σε) − x_g‖² (EDM weighting)."""
-    return edm_weight(_per_sample(sigma, x_g)[:, 0], sigma_data) * _flat(y_fake - x_g.detach()).pow(2).sum(1)
+# ---------------------------------------------------------------------------- denoising and discriminator
+def denoising_loss(y: Tensor, x: Tensor, sigma: Tensor, sigma_data: float = 0.5) -> Tensor:
+    """EDM's weighted denoising score-matching loss λ(σ) ‖D(x + σε) − x‖² of a denoiser output ``y = D(x + σε)``
+    (Karras et al. 2022, eq. 2 with Table 1's weight; ``x`` is detached). Trains the teachers on data and the fake
+    score D_ψ on generator samples x_g."""
+    return edm_weight(_per_sample(sigma, x)[:, 0], sigma_data) * _flat(y - x.detach()).pow(2).sum(1)
 
 
 def discriminator_loss(logit_real: Tensor, logit_fake: Tensor) -> Tensor:

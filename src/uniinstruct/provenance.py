@@ -83,12 +83,18 @@ def record(params: Any, started: float) -> dict[str, Any]:
 # a sidecar ``<name>.volatile.json`` that .dvcignore hides from DVC, so a rerun that reproduces a result byte for
 # byte leaves the stages that depend on it up to date (``read_json`` puts the fields back).
 VOLATILE = ("code_version", "hardware", "wall_time_s", "created_utc")
+VOLATILE_SUFFIX = ".volatile.json"
 
 
 def volatile_path(path: str | Path) -> Path:
     """The sidecar of ``path`` that holds its volatile provenance: ``run.json`` → ``run.volatile.json``."""
     path = Path(path)
-    return path.with_name(f"{path.stem}.volatile.json")
+    return path.with_name(f"{path.stem}{VOLATILE_SUFFIX}")
+
+
+def is_volatile(path: str | Path) -> bool:
+    """Whether ``path`` is the sidecar of a result (a :func:`volatile_path`), not a result itself."""
+    return Path(path).name.endswith(VOLATILE_SUFFIX)
 
 
 def write_atomic(path: str | Path, write: Callable[[IO], Any], mode: str = "wb") -> Path:

@@ -72,7 +72,7 @@ def describe_hardware(hw: dict) -> str:
 def paper_run_files(results_dir: str | Path) -> list[Path]:
     """The paper-tier result files a table read (for :func:`write_report`'s ``inputs``)."""
     folder = Path(results_dir)
-    return sorted(p for p in folder.glob("*.json") if not p.name.endswith(".volatile.json")) if folder.is_dir() else []
+    return sorted(p for p in folder.glob("*.json") if not provenance.is_volatile(p)) if folder.is_dir() else []
 
 
 def paper_runs(results_dir: str | Path) -> list[dict]:

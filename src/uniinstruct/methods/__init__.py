@@ -24,5 +24,5 @@ def get(name: str) -> Method:
     return _REGISTRY[name]
 
 
-__all__ = ["EXTRAS", "UNI_INSTRUCT", "Method", "PathBatch", "data_fidelity_extra", "gan_extra", "get", "names", "regression_extra",
-           "reward_extra"]
+__all__ = ["EXTRAS", "UNI_INSTRUCT", "Method", "PathBatch", "data_fidelity_extra", "gan_extra", "get", "names",
+           "regression_extra", "reward_extra"]

@@ -68,6 +68,15 @@ class Method:
                              f"{', '.join(self.options) or 'none'}")
         return replace(self, options={**self.options, **options})
 
+    @property
+    def has_sim_warmup(self) -> bool:
+        """Whether a trainer runs the released code's SIM warm-up phase with this method (``warmup_options``)."""
+        return bool(self.warmup_options)
+
+    def sim_warmup(self) -> "Method":
+        """The method as the SIM warm-up phase trains with it: its ``warmup_options`` applied."""
+        return self.with_options(**self.warmup_options)
+
     def trainer_weight(self, sigma: Tensor, w_f: Tensor) -> Tensor | float:
         """The per-sample weight a trainer applies: 1 when the core normalises itself (``normalises``: by default
         its ``normalize`` option), else σ^p / w_f, i.e. denoiser units over SiD's normaliser, as the EDM-lineage

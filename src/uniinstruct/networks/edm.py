@@ -3,8 +3,9 @@
     D(x; σ) = c_skip(σ) x + c_out(σ) F(c_in(σ) x; c_noise(σ))
     c_skip = σ_d² / (σ² + σ_d²),  c_out = σ σ_d / √(σ² + σ_d²),  c_in = 1 / √(σ² + σ_d²),  c_noise = ¼ ln σ
 
-Backbones take ``(x_in, c_noise, class_labels)`` (one-hot labels, or None when unconditional) and return ``(F, logits)``: the denoising head's output and, when they have one, the logits of a
-discriminator head on the shared encoder (Uni-Instruct's fake score doubles as its discriminator).
+Backbones take ``(x_in, c_noise, class_labels)`` (one-hot labels, or None when unconditional) and return
+``(F, logits)``: the denoising head's output and, when they have one, the logits of a discriminator head on the
+shared encoder (Uni-Instruct's fake score doubles as its discriminator).
 The coefficients (:func:`edm_coefficients`) and the sinusoidal noise embedding are shared with EDM's paper-scale
 networks (``edm_unets.py``).
 """

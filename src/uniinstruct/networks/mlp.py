@@ -60,7 +60,8 @@ class ToyBackbone(nn.Module):
         self.decoder = StackedLinear(members, hidden, dim)                        # denoising head
         self.disc = StackedLinear(members, hidden, 1) if discriminator else None  # logit head on the encoder
 
-    def forward(self, x_in: Tensor, c_noise: Tensor, class_labels: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+    def forward(self, x_in: Tensor, c_noise: Tensor,
+                class_labels: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
         if class_labels is not None:
             raise ValueError("the toy backbone is unconditional but got class_labels")
         if len(x_in) % self.members:

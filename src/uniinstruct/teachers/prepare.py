@@ -3,7 +3,8 @@
     fetch (sha256 pinned, resumable, atomic) -> convert (allow-list unpickler -> state_dict + JSON)
     -> EDMPrecondNet of the profile's architecture -> load_state_dict(strict=True)
 
-The converted teacher is ``<folder>/<profile>.pt`` plus its JSON; the conversion is skipped when both exist and the JSON names the downloaded file's sha256.
+The converted teacher is ``<folder>/<profile>.pt`` plus its JSON; the conversion is skipped when both exist and the
+JSON names the downloaded file's sha256.
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ ARTIFACTS: dict[str, Artifact] = {a.name: a for a in [
     Artifact("fid-ref-imagenet-64x64", f"{_EDM}/fid-refs/imagenet-64x64.npz", None),
     Artifact("inception-2015-12-05", "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/"
              "inception-2015-12-05.pt", "f58cb9b6ec323ed63459aa4fb441fe750cfe39fafad6da5cb504a16f19e958f4"),
-    Artifact("cifar-10-python", "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz", None),   # md5 checked on read
+    Artifact("cifar-10-python", "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz", None),  # md5 checked on read
 ]}
 
 

@@ -2,9 +2,10 @@
 
 :func:`save_atomic` writes through :func:`uniinstruct.provenance.write_atomic` (a temporary file in the same folder,
 fsynced, then renamed): a crash at any moment leaves either the previous file or the new one, never a partial one (a
-temporary file that a killed save left behind is removed by the next save). The files are torch's zip format, which stores a CRC-32 of every record; :func:`load`
-checks them all before unpickling (``weights_only=True``: tensors, plain containers and numbers only), so a
-flipped bit or a truncated file is a one-line :class:`CorruptFileError` naming the file, never silently wrong weights.
+temporary file that a killed save left behind is removed by the next save). The files are torch's zip format, which
+stores a CRC-32 of every record; :func:`load` checks them all before unpickling (``weights_only=True``: tensors, plain
+containers and numbers only), so a flipped bit or a truncated file is a one-line :class:`CorruptFileError` naming the
+file, never silently wrong weights.
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ class CorruptFileError(ValueError):
 def save_atomic(state: Any, path: str | Path, finite: bool = True) -> Path:
     """torch.save ``state`` to ``path`` atomically; with ``finite``, refuses states with non-finite floating tensors."""
     path = Path(path)
-    bad = [key for key, value in _tensors(state) if value.is_floating_point() and not torch.all(torch.isfinite(value))] \
-        if finite else []
+    bad = [key for key, value in _tensors(state)
+           if value.is_floating_point() and not torch.all(torch.isfinite(value))] if finite else []
     if bad:
         raise FloatingPointError(f"refusing to checkpoint non-finite tensors: {', '.join(bad[:5])}")
     return write_atomic(path, lambda fh: torch.save(state, fh))

@@ -8,7 +8,10 @@ see the shard only.
 
 Failures are collective: every collective here is preceded by a vote, and a process whose work raised joins the
 others' next vote with its error (:func:`fail_together`) instead of leaving them waiting for the backend's timeout;
-every process then stops with that error (:class:`PeerFailure` on the others).
+every process then stops with that error (:class:`PeerFailure` on the others). The vote is a collective of its own,
+of one fixed shape, rather than a flag folded into the collective that follows (e.g. appended to the gradients'
+flat buffer): a failed process does not know which collective the others have reached, and collectives of
+different sizes do not match (gloo aborts the process).
 """
 
 from __future__ import annotations

@@ -90,7 +90,8 @@ class DistillConfig:
     checkpoint_every: int = 500        # iterations between atomic checkpoints
     log_every: int = 50                # iterations between history entries
     device: str = "cpu"                # cpu | cuda (random numbers are drawn on the CPU either way)
-    precision: str = "fp32"            # fp32 (strict: no TF32) | tf32 | bf16 (autocast of the network passes; losses fp32)
+    precision: str = "fp32"            # fp32 (strict: no TF32) | tf32 | bf16 (autocast of the network passes;
+                                       # losses fp32)
 
     def check(self):
         problems = [("batch_gpu", f"must be ≥ 0, got {self.batch_gpu}")] if self.batch_gpu < 0 else []
@@ -102,7 +103,8 @@ class DistillConfig:
         if not self.sigma_min < self.sigma_max:
             problems.append(("sigma_max", f"must be > sigma_min ({self.sigma_min}), got {self.sigma_max}"))
         if not self.tmax <= 1000:
-            problems.append(("tmax", f"must be in (0, 1000] (t ~ U[0, tmax/1000] on the EDM schedule), got {self.tmax}"))
+            problems.append(("tmax", f"must be in (0, 1000] (t ~ U[0, tmax/1000] on the EDM schedule), "
+                                     f"got {self.tmax}"))
         problems += [(key, f"must be ≥ 0, got {value}") for key, value in
                      (("ema_rampup", self.ema_rampup), ("ls", self.ls), ("lsd", self.lsd), ("lsg", self.lsg),
                       ("lsg_gan", self.lsg_gan)) if not value >= 0]
@@ -183,7 +185,7 @@ def check_members(members: list[DistillConfig]) -> None:
     if differ:
         raise ValueError(f"runs trained together must share every setting but {', '.join(sorted(MEMBER_KEYS))}; "
                          f"these differ: {', '.join(differ)}")
-    if len({bool(method_of(m).warmup_options) for m in members}) > 1:
+    if len({method_of(m).has_sim_warmup for m in members}) > 1:
         raise ValueError("runs trained together are all prior methods or all Uni-Instruct (their warm-ups differ)")
     if len(members) > 1 and (ddp.world()[1] > 1 or members[0].batch_gpu):
         raise ValueError("several runs train together in one process and on whole batches (no torchrun, batch_gpu 0)")
@@ -220,6 +222,8 @@ class Distiller:
         self.opt_fake = torch.optim.Adam(fake.parameters(), lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.adam_eps)
         self.opt_g = torch.optim.Adam(generator.parameters(), lr=cfg.glr, betas=tuple(cfg.betas), eps=cfg.adam_eps)
         self.methods = [method_of(m) for m in self.members]
+        # the members' methods in the SIM warm-up phase (the methods themselves when they have none)
+        self.warmup_methods = [m.sim_warmup() if m.has_sim_warmup else m for m in self.methods]
         self.iteration, self.cur_nimg, self.histories = 0, 0, [[] for _ in self.members]
         self.resumed_from = 0          # the iteration the last call of train() started at
         self._shape = tuple(sample_real(1, torch.Generator().manual_seed(0))[0].shape[1:])
@@ -238,7 +242,8 @@ class Distiller:
     def _randn(self, *shape) -> Tensor:
         """Global-batch normal noise, ``shape`` per member from each member's generator (member-major); this
         process's shard, on its device."""
-        return ddp.shard(torch.cat([torch.randn(*shape, generator=g, device=g.device) for g in self.rngs])).to(self.device)
+        noise = torch.cat([torch.randn(*shape, generator=g, device=g.device) for g in self.rngs])
+        return ddp.shard(noise).to(self.device)
 
     def _labels(self, n: int) -> Tensor | None:
         """One-hot labels of generator samples, uniform over the classes (None when unconditional)."""
@@ -268,7 +273,7 @@ class Distiller:
     def phase(self) -> str:
         if self.cur_nimg < self.cfg.warmup_fake_images:
             return "fake_only"
-        if self.cur_nimg < self.cfg.warmup_sim_images and self.methods[0].warmup_options:
+        if self.cur_nimg < self.cfg.warmup_sim_images and self.methods[0].has_sim_warmup:
             return "sim"
         return "divergence"
 
@@ -295,7 +300,7 @@ class Distiller:
             with torch.no_grad(), eval_mode(self.G):      # as the released code: no generator dropout here
                 x_g = self.generate(z_r, labels=c_r)
             y_fake, logit_fake = self.net(self.fake, x_g + noise_r, sigma_r, c_r, return_logits=True)
-            loss_score = self._per_member(losses.fake_score_loss(y_fake, x_g, sigma_r, self.sigma_data))
+            loss_score = self._per_member(losses.denoising_loss(y_fake, x_g, sigma_r, self.sigma_data))
             loss = cfg.ls * loss_score
             terms = {"fake_score": loss_score}
             if cfg.use_gan:
@@ -325,7 +330,8 @@ class Distiller:
             self.fake.requires_grad_(True)
         n = len(z) // len(self.members)
         member_losses, member_terms = [], []
-        for r, (member, method) in enumerate(zip(self.members, self.methods)):
+        phase_methods = self.warmup_methods if phase == "sim" else self.methods
+        for r, (member, method) in enumerate(zip(self.members, phase_methods)):
             rows = slice(r * n, (r + 1) * n)
             path = methods.PathBatch(x_g=x_g[rows], x_t=x_t[rows], eps=eps[rows], sigma=sigma[rows],
                                      y_real=y_real[rows], y_fake=y_fake[rows], log_ratio=logit[rows])
@@ -336,10 +342,8 @@ class Distiller:
 
     def _member_generator_loss(self, cfg: DistillConfig, method: methods.Method, phase: str,
                                path: methods.PathBatch) -> tuple[Tensor, dict[str, Tensor]]:
-        """One member's generator loss (the mean over its samples) and its terms; in the SIM warm-up, the method's
-        warm-up options and no GAN term (as the released code)."""
-        if phase == "sim":
-            method = method.with_options(**method.warmup_options)
+        """One member's generator loss (the mean over its samples) and its terms; in the SIM warm-up (``method`` is
+        then the member's warm-up method), no GAN term (as the released code)."""
         w_f = losses.sid_weight_factor(path.x_g, path.y_real)
         core = method.generator_loss(replace(path, weight=method.trainer_weight(path.sigma, w_f)))
         terms = {"generator": core.mean()}
@@ -439,8 +443,8 @@ class Distiller:
         opts = {key: checkpoint.split_optimizer(opt.state_dict(), count)
                 for key, opt in (("opt_fake", self.opt_fake), ("opt_g", self.opt_g))}
         return [{"config": asdict(m), "iteration": self.iteration, "cur_nimg": self.cur_nimg,
-                 **{key: parts[r] for key, parts in {**nets, **opts}.items()}, "rng": rng.get_state(), "rng_device": rng.device.type,
-                 "history": history, "source": provenance.source_digest()}
+                 **{key: parts[r] for key, parts in {**nets, **opts}.items()}, "rng": rng.get_state(),
+                 "rng_device": rng.device.type, "history": history, "source": provenance.source_digest()}
                 for r, (m, rng, history) in enumerate(zip(self.members, self.rngs, self.histories))]
 
     def state_dict(self) -> dict:
@@ -573,7 +577,8 @@ def record_runs(distiller: Distiller, run_dirs: list[Path], params: list[dict], 
         record = {"config": asdict(member), **extra, **status, "resumed_from": distiller.resumed_from,
                   "trained_with": names, "schedule": schedule_summary(member), "world_size": ddp.world()[1],
                   "history": history}
-        provenance.write_json(Path(run_dir) / "run.json", {**record, "provenance": provenance.record(run_params, started)})
+        provenance.write_json(Path(run_dir) / "run.json",
+                              {**record, "provenance": provenance.record(run_params, started)})
         records.append(record)
     return records
 
@@ -591,5 +596,5 @@ def schedule_summary(cfg: DistillConfig) -> dict[str, int]:
     """Iterations spent in each phase (for logs and tests)."""
     to_iter = lambda images: min(cfg.iterations, math.ceil(images / cfg.batch))   # noqa: E731
     fake_only = to_iter(cfg.warmup_fake_images)
-    sim = (to_iter(cfg.warmup_sim_images) - fake_only) if method_of(cfg).warmup_options else 0
+    sim = (to_iter(cfg.warmup_sim_images) - fake_only) if method_of(cfg).has_sim_warmup else 0
     return {"fake_only": fake_only, "sim": sim, "divergence": cfg.iterations - fake_only - sim}

@@ -70,7 +70,7 @@ def train_denoiser(cfg: TeacherTrainConfig, build: Callable[[], nn.Module], samp
         sigma = torch.exp(torch.randn(cfg.batch, generator=gen) * p_std + p_mean)
         noisy = x + torch.randn(x.shape, generator=gen) * sigma.reshape(-1, *[1] * (x.ndim - 1))
         conditioning = (nn.functional.one_hot(labels, label_dim).float(),) if label_dim else ()
-        return losses.fake_score_loss(net(noisy, sigma, *conditioning), x, sigma, sigma_data).mean()
+        return losses.denoising_loss(net(noisy, sigma, *conditioning), x, sigma, sigma_data).mean()
 
     history = fit_adam_cosine(net, batch_loss, cfg.iterations, cfg.lr, "teacher", progress)
     return net.eval().requires_grad_(False), history
