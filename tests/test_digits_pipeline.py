@@ -8,6 +8,7 @@ import subprocess
 import sys
 from dataclasses import asdict, replace
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -233,6 +234,19 @@ def test_cli_stages_end_to_end(tmp_path, tiny_digits_params):
         assert row["classifier_fd"] == pytest.approx(sum(fds) / 2, rel=1e-12)
         # two draws: the half-width is t(0.975, 1) · |a − b| / 2 with t = 12.706204736174707 (tables of Student's t)
         assert row["classifier_fd_half"] == pytest.approx(12.706204736174707 * abs(fds[0] - fds[1]) / 2, rel=1e-9)
+    # each student minus the teacher: Welch's interval over the two sets of draws, written out here
+    import pandas as pd
+    from scipy import stats
+
+    table = pd.read_csv(tmp_path / "out" / "table.csv", keep_default_na=False).set_index("run")
+    t_draws = metrics["rows"][1]["classifier_fd_draws"]
+    for row in metrics["rows"][2:]:
+        a, b = np.asarray(row["classifier_fd_draws"]), np.asarray(t_draws)
+        va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
+        df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
+        d, h = a.mean() - b.mean(), stats.t.ppf(0.975, df) * (va + vb) ** 0.5
+        assert table.loc[row["run"], "minus teacher (95%, draws)"] == f"{d:+.2f} [{d - h:+.2f}, {d + h:+.2f}]"
+    assert table.loc["teacher-heun", "minus teacher (95%, draws)"] == ""
     # the first draw does not depend on the number of draws (one latent stream per model)
     one = replace(cfg, draws=1)
     first, _ = digits.one_step_samples(one, digits.load_dataset(one), tmp_path / "runs" / "ui-rkl-exact-s0",
@@ -266,7 +280,7 @@ def test_conditional_teacher_stage_and_labels(tmp_path, tiny_digits_params):
     from uniinstruct.pipelines import digits
 
     cfg = load_section(DigitsConfig, "digits", tiny_digits_params)
-    cfg.conditional, cfg.teacher_train.iterations, cfg.n_samples, cfg.heun_steps = True, 3, 20, 2
+    cfg.conditional, cfg.teacher_train.iterations, cfg.n_samples, cfg.heun_steps, cfg.draws = True, 3, 20, 2, 1
     record = digits.teacher_stage(cfg, {}, tmp_path, progress=False)
     assert record["conditional"]
     (index,) = digits.sample_stage(cfg, {}, tmp_path, tmp_path / "no-runs", tmp_path / "samples", progress=False)
@@ -285,7 +299,7 @@ def test_lfw_faces_train_a_teacher_and_refuse_conditioning(tmp_path, tiny_digits
     from uniinstruct.pipelines import digits
 
     cfg = load_section(DigitsConfig, "digits", tiny_digits_params)
-    cfg.dataset, cfg.teacher_train.iterations, cfg.n_samples, cfg.heun_steps = "lfw", 2, 4, 2
+    cfg.dataset, cfg.teacher_train.iterations, cfg.n_samples, cfg.heun_steps, cfg.draws = "lfw", 2, 4, 2, 1
     record = digits.teacher_stage(cfg, {}, tmp_path, progress=False)
     assert record["shape"] == [1, 24, 24]
     digits.sample_stage(cfg, {}, tmp_path, tmp_path / "no-runs", tmp_path / "samples", progress=False)
@@ -301,7 +315,7 @@ def test_a_run_without_checkpoint_is_sampled_from_its_initial_weights(tmp_path, 
     from uniinstruct.pipelines import digits
 
     cfg = load_section(DigitsConfig, "digits", tiny_digits_params)
-    cfg.teacher_train.iterations, cfg.n_samples = 2, 6
+    cfg.teacher_train.iterations, cfg.n_samples, cfg.draws = 2, 6, 1
     digits.teacher_stage(cfg, {}, tmp_path, progress=False)
     run_dir = tmp_path / "runs" / "ui-chi2-exact-s0"
     run_dir.mkdir(parents=True)

@@ -199,6 +199,12 @@ def _figures(frame: pd.DataFrame, curves: pd.DataFrame, sets: list[tuple[str, Pa
     plt.close(fig)
 
 
+def _minus(scores, teacher_scores) -> str:
+    """The difference of the mean scores and its 95% Welch interval, as ``+d [low, high]``."""
+    diff, low, high = tables.welch_interval(scores, teacher_scores)
+    return f"{diff:+.2f}" + ("" if np.isnan(low) else f" [{low:+.2f}, {high:+.2f}]")
+
+
 def _number(value) -> float | None:
     return None if value is None or np.isnan(value) else float(value)
 
@@ -229,10 +235,7 @@ def summary_table(frame: pd.DataFrame) -> pd.DataFrame:
             ["kind", "method", "divergence", "estimator", "gan"], sort=False):
         scores, over = _scores(group)
         mean, half = tables.mean_interval(scores)
-        vs = ""
-        if kind in kinds.STUDENT_KINDS and teacher_scores:
-            diff, low, high = tables.welch_interval(scores, teacher_scores)
-            vs = f"{diff:+.2f}" + ("" if np.isnan(low) else f" [{low:+.2f}, {high:+.2f}]")
+        vs = _minus(scores, teacher_scores) if kind in kinds.STUDENT_KINDS and teacher_scores else ""
         rows.append({"model": _setting_name(kind, method, divergence), "estimator": estimator, "GAN": gan,
                      "NFE": int(group.nfe.iloc[0]), "seeds": len(group),
                      "classifier FD": tables.format_interval(scores), "interval over": over, "mean": round(mean, 3),
@@ -262,6 +265,10 @@ def _table(frame: pd.DataFrame) -> pd.DataFrame:
     out.columns = ["run", "divergence", "estimator", "GAN", "seed", "NFE", "status", "FID", "FID images",
                    "classifier FD (mean of draws)", "95% half-width (draws)", "draws", "cFD images per draw",
                    "rarest class ratio", "confidence", "wall time (s)"]
+    teacher = frame[frame.kind == "teacher"]
+    out.insert(out.columns.get_loc("95% half-width (draws)") + 1, "minus teacher (95%, draws)",
+               [_minus(draws, teacher.classifier_fd_draws.iloc[0]) if kind in kinds.STUDENT_KINDS and len(teacher)
+                else "" for kind, draws in zip(frame.kind, frame.classifier_fd_draws)])
     if out["FID"].isna().all():
         out = out.drop(columns=["FID", "FID images"])
     for col in [c for c in ("FID", "classifier FD (mean of draws)", "95% half-width (draws)", "rarest class ratio",

@@ -89,7 +89,7 @@ class DistillConfig:
     seed: int = 0
     checkpoint_every: int = 500        # iterations between atomic checkpoints
     log_every: int = 50                # iterations between history entries
-    device: str = "cpu"                # cpu | cuda (random numbers are drawn on the CPU either way)
+    device: str = "cpu"                # cpu | cuda (random numbers are drawn on it too)
     precision: str = "fp32"            # fp32 (strict: no TF32) | tf32 | bf16 (autocast of the network passes;
                                        # losses fp32)
 
