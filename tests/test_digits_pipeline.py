@@ -191,7 +191,8 @@ def tiny_digits_params(tmp_path):
 def test_cli_stages_end_to_end(tmp_path, tiny_digits_params):
     folder = {"--teacher-dir": "teacher", "--classifier-dir": "clf", "--runs-dir": "runs", "--samples-dir": "samples",
               "--out-dir": "out", "--metrics": "metrics.json"}
-    uses = {"teacher": ["--teacher-dir"], "classifier": ["--classifier-dir"], "distill": ["--teacher-dir", "--runs-dir"],
+    uses = {"teacher": ["--teacher-dir"], "classifier": ["--classifier-dir"],
+            "distill": ["--teacher-dir", "--runs-dir"],
             "sample": ["--teacher-dir", "--runs-dir", "--samples-dir"], "evaluate": list(folder)}
 
     def flags(stage):       # each stage accepts only its own flags
@@ -260,7 +261,8 @@ def test_cli_stages_end_to_end(tmp_path, tiny_digits_params):
     for name in ("table.csv", "table.md", "table.tex", "summary.md", "curves.csv", "figures/teacher-heun.png",
                  "figures/ui-rkl-exact-s0.png", "figures/samples.png", "figures/curves.png"):
         assert (tmp_path / "out" / name).is_file(), name
-    bad = subprocess.run(cli + ["distill", "--divergence", "kl"] + flags("distill"), env=ENV, capture_output=True, text=True,
+    bad = subprocess.run(cli + ["distill", "--divergence", "kl"] + flags("distill"), env=ENV, capture_output=True,
+                         text=True,
                          cwd=tmp_path)
     assert bad.returncode == 2 and "unknown divergence 'kl'" in bad.stderr
     cfg = load_section(DigitsConfig, "digits", tiny_digits_params)     # fid.num_images 0: the same scores, no FID
@@ -359,7 +361,8 @@ def test_runs_stage_in_two_processes_equals_the_distill_stage(tmp_path, tiny_dig
     assert names == ["ui-rkl-exact-s1", "ui-fkl-exact-s1"]
     alone = replace(cfg.distill, divergence="fkl", seed=1)
     digits.distill_stage(cfg, alone, {}, tmp_path / "alone", tmp_path / "teacher", progress=False)
-    pooled, single = (checkpoint.load(path / "checkpoint.pt") for path in (tmp_path / "runs" / names[1], tmp_path / "alone"))
+    pooled, single = (checkpoint.load(path / "checkpoint.pt")
+                      for path in (tmp_path / "runs" / names[1], tmp_path / "alone"))
     assert pooled["iteration"] == single["iteration"] == TINY.iterations
     for key in ("generator", "generator_ema", "fake"):
         assert all(torch.equal(pooled[key][k], single[key][k]) for k in single[key]), key
@@ -371,8 +374,9 @@ def test_plan_adds_the_runs_without_the_gan(tiny_digits_params):
 
     cfg = load_section(DigitsConfig, "digits", tiny_digits_params)
     cfg.matrix.divergences, cfg.matrix.seeds, cfg.matrix.no_gan_divergences = ["rkl", "fkl"], [1, 2], ["fkl"]
-    assert [name for name, _ in digits.plan(cfg)] == ["ui-rkl-exact-s1", "ui-rkl-exact-s2", "ui-fkl-exact-s1",
-                                                     "ui-fkl-exact-s2", "ui-fkl-exact-nogan-s1", "ui-fkl-exact-nogan-s2"]
+    assert [name for name, _ in digits.plan(cfg)] == [
+        "ui-rkl-exact-s1", "ui-rkl-exact-s2", "ui-fkl-exact-s1", "ui-fkl-exact-s2", "ui-fkl-exact-nogan-s1",
+        "ui-fkl-exact-nogan-s2"]
     assert digits.plan(cfg)[-1][1] == {"divergence": "fkl", "estimator": "exact", "seed": 2, "use_gan": False}
 
 
@@ -412,7 +416,8 @@ def test_summary_table_takes_one_runs_interval_over_its_draws_and_compares_stude
     from uniinstruct.pipelines.digits_evaluate import summary_table
 
     base = {"method": "", "estimator": "", "gan": "", "divergence": ""}
-    frame = pd.DataFrame([{**base, "kind": "teacher", "nfe": 35, "classifier_fd": 2.0, "classifier_fd_draws": [1.5, 2.5]},
+    frame = pd.DataFrame([{**base, "kind": "teacher", "nfe": 35, "classifier_fd": 2.0,
+                           "classifier_fd_draws": [1.5, 2.5]},
                           *[{**base, "kind": "uni-instruct", "divergence": "fkl", "estimator": "exact", "gan": "yes",
                              "nfe": 1, "classifier_fd": v, "classifier_fd_draws": [v - 0.5, v + 0.5]}
                             for v in (3.0, 4.0)]])

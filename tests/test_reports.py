@@ -65,7 +65,8 @@ def test_paper_table_report_writes_its_table_and_says_how_to_run_it(name, tmp_pa
     spec = reports.PAPER_TABLES[name]
     table = reports.paper_table_report(name, tmp_path / "none", tmp_path / "out", params={}, started=0.0)
     assert table.equals(reports.result_table(spec.profile, tmp_path / "none"))
-    assert (tmp_path / "out" / f"{name}.csv").is_file() and f"tab:{name}" in (tmp_path / "out" / f"{name}.tex").read_text()
+    tex = (tmp_path / "out" / f"{name}.tex").read_text()
+    assert (tmp_path / "out" / f"{name}.csv").is_file() and f"tab:{name}" in tex
     assert f"`uniinstruct/paper_data/{name}.csv`" in reports.paper_table_intro(name)
     assert f"--profile {spec.profile}`" in reports.paper_table_summary(name, table, tmp_path / "none")
     with pytest.raises(ValueError, match="valid: cifar10_uncond, cifar10_cond, imagenet64"):
