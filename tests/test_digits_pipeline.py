@@ -389,12 +389,13 @@ def test_summary_table_gives_each_setting_its_interval_over_seeds():
 
     base = {"method": "", "estimator": "", "gan": "", "nfe": 0}
     ui = {"kind": "uni-instruct", "method": "", "divergence": "fkl", "estimator": "exact", "nfe": 1}
-    frame = pd.DataFrame([{**base, "kind": "data", "divergence": "", "classifier_fd": 0.2},
-                          {**base, "kind": "teacher", "divergence": "", "nfe": 35, "classifier_fd": 2.9},
-                          *[{**ui, "gan": "yes", "classifier_fd": v} for v in (3.0, 4.0, 6.5)],
-                          {**ui, "gan": "no", "classifier_fd": 7.0},
-                          *[{**base, "kind": "method", "method": m, "divergence": "", "gan": "yes", "nfe": 1,
-                             "classifier_fd": v} for m, v in (("sida", 5.0), ("dmd2", 6.0), ("sida", 5.5))]])
+    rows = [{**base, "kind": "data", "divergence": "", "classifier_fd": 0.2},
+            {**base, "kind": "teacher", "divergence": "", "nfe": 35, "classifier_fd": 2.9},
+            *[{**ui, "gan": "yes", "classifier_fd": v} for v in (3.0, 4.0, 6.5)],
+            {**ui, "gan": "no", "classifier_fd": 7.0},
+            *[{**base, "kind": "method", "method": m, "divergence": "", "gan": "yes", "nfe": 1, "classifier_fd": v}
+              for m, v in (("sida", 5.0), ("dmd2", 6.0), ("sida", 5.5))]]
+    frame = pd.DataFrame([{**r, "classifier_fd_draws": [r["classifier_fd"]]} for r in rows])    # one draw each
     table = summary_table(frame)
     assert list(table.model) == ["real images (floor)", "teacher", "Uni-Instruct FKL", "Uni-Instruct FKL", "sida",
                                  "dmd2"]

@@ -113,7 +113,7 @@ def evaluate_stage(cfg: DigitsConfig, params: dict, teacher_dir: Path, classifie
         mean, half = tables.mean_interval(fds)
         rows.append({"run": name, **info, "fid_images": n_fid,
                      "fid": fid.frechet_distance(feats, real_inception) if n_fid else None,
-                     "classifier_fd": mean, "classifier_fd_half": None if np.isnan(half) else half,
+                     "classifier_fd": mean, "classifier_fd_half": _number(half),
                      "classifier_fd_draws": fds, "classifier_images": len(draws[0]), "draws": len(draws),
                      **class_balance(clf, x)})
         if info["kind"] in kinds.STUDENT_KINDS:
@@ -129,7 +129,7 @@ def evaluate_stage(cfg: DigitsConfig, params: dict, teacher_dir: Path, classifie
                        f"{cfg.dataset}: one-step students vs the teacher's Heun sampler"
                        + (f" (FID on {n_fid} images)" if n_fid else ""), f"tab:{cfg.dataset}")
     settings = summary_table(frame[frame.status == "ok"])   # a diverged run has samples but no setting's interval
-    tables.write_table(settings, out_dir / "summary",
+    tables.write_table(settings.drop(columns="kind"), out_dir / "summary",
                        f"{cfg.dataset}: classifier FD of each setting (mean ± 95% interval over its seeds, each the "
                        f"mean of {cfg.draws} draws of {cfg.n_samples} samples; over the draws for the teacher and the "
                        "floor of real subsets)", f"tab:{cfg.dataset}-summary")
@@ -144,7 +144,7 @@ def evaluate_stage(cfg: DigitsConfig, params: dict, teacher_dir: Path, classifie
     students, teacher, real = (frame[frame.kind.isin(kinds.STUDENT_KINDS)], frame[frame.kind == "teacher"].iloc[0],
                                frame[frame.kind == "data"].iloc[0])
     scored = students[students.status == "ok"]
-    settings = settings[~settings.model.isin([_setting_name(k, "", "") for k in ("teacher", "data")])]
+    settings = settings[settings.kind.isin(kinds.STUDENT_KINDS)]
     best = settings.loc[settings["mean"].idxmin()] if len(settings) else None
     summary = {"draws": cfg.draws, "images_per_draw": cfg.n_samples,
                "teacher_classifier_fd": float(teacher.classifier_fd),
@@ -219,15 +219,15 @@ def _scores(group: pd.DataFrame) -> tuple[list[float], str]:
     """What a setting's interval is over: its seeds (each run's mean over draws), or a single run's draws."""
     if len(group) > 1:
         return list(group.classifier_fd), "seeds"
-    draws = group.classifier_fd_draws.iloc[0] if "classifier_fd_draws" in group else None
-    return (list(draws) if isinstance(draws, list) else [float(group.classifier_fd.iloc[0])]), "draws"
+    return list(group.classifier_fd_draws.iloc[0]), "draws"
 
 
 def summary_table(frame: pd.DataFrame) -> pd.DataFrame:
     """One row per setting (kind, method, divergence, estimator, GAN): the classifier FD as mean ± 95% interval —
     over the setting's seeds (each seed's score the mean over its latent draws), or over the draws of a setting with
     one run (the teacher, the floor) —, its seeds, its best and worst run, and each student setting minus the teacher
-    (the difference of means with its 95% Welch interval: the student's seeds against the teacher's draws)."""
+    (the difference of means with its 95% Welch interval: the student's seeds against the teacher's draws). Its
+    ``kind`` column (:mod:`kinds`) is for selecting rows, not for display."""
     teacher = frame[frame.kind == "teacher"]
     teacher_scores = _scores(teacher)[0] if len(teacher) else []
     rows = []
@@ -236,7 +236,7 @@ def summary_table(frame: pd.DataFrame) -> pd.DataFrame:
         scores, over = _scores(group)
         mean, half = tables.mean_interval(scores)
         vs = _minus(scores, teacher_scores) if kind in kinds.STUDENT_KINDS and teacher_scores else ""
-        rows.append({"model": _setting_name(kind, method, divergence), "estimator": estimator, "GAN": gan,
+        rows.append({"kind": kind, "model": _setting_name(kind, method, divergence), "estimator": estimator, "GAN": gan,
                      "NFE": int(group.nfe.iloc[0]), "seeds": len(group),
                      "classifier FD": tables.format_interval(scores), "interval over": over, "mean": round(mean, 3),
                      "95% half-width": "" if np.isnan(half) else round(half, 3),
