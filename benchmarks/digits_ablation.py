@@ -52,7 +52,7 @@ def main() -> None:
     teacher, runs, samples = Path(args.teacher_dir), out / "runs", out / "samples"
     digits.runs_stage(cfg, params, runs, teacher, args.workers, progress=True)
     digits.sample_stage(cfg, params, teacher, runs, samples, progress=True)
-    digits_evaluate.evaluate_stage(cfg, params, teacher, Path(args.classifier_dir), runs, samples, out / "scores",
+    digits_evaluate.evaluate_stage(cfg, params, Path(args.classifier_dir), runs, samples, out / "scores",
                                    out / "metrics.json", progress=True, workers=args.workers)
     print((out / "scores" / "table.md").read_text())
     print((out / "scores" / "summary.md").read_text())

@@ -193,7 +193,8 @@ def test_cli_stages_end_to_end(tmp_path, tiny_digits_params):
               "--out-dir": "out", "--metrics": "metrics.json"}
     uses = {"teacher": ["--teacher-dir"], "classifier": ["--classifier-dir"],
             "distill": ["--teacher-dir", "--runs-dir"],
-            "sample": ["--teacher-dir", "--runs-dir", "--samples-dir"], "evaluate": list(folder)}
+            "sample": ["--teacher-dir", "--runs-dir", "--samples-dir"],
+            "evaluate": [f for f in folder if f != "--teacher-dir"]}
 
     def flags(stage):       # each stage accepts only its own flags
         return [a for f in uses[stage] for a in (f, str(tmp_path / folder[f]))] + [
@@ -248,6 +249,12 @@ def test_cli_stages_end_to_end(tmp_path, tiny_digits_params):
         d, h = a.mean() - b.mean(), stats.t.ppf(0.975, df) * (va + vb) ** 0.5
         assert table.loc[row["run"], "minus teacher (95%, draws)"] == f"{d:+.2f} [{d - h:+.2f}, {d + h:+.2f}]"
     assert table.loc["teacher-heun", "minus teacher (95%, draws)"] == ""
+    # nothing volatile in outputs that other stages hash (wall times stay in the runs' sidecars); scores unrounded in
+    # the CSV, rounded once in the Markdown
+    assert not [k for r in metrics["rows"] for k in r if "wall" in k] and "wall time (s)" not in table.columns
+    for row in metrics["rows"]:
+        assert table.loc[row["run"], "classifier FD (mean of draws)"] == pytest.approx(row["classifier_fd"], rel=1e-12)
+        assert f"| {row['classifier_fd']:.3g} |" in (tmp_path / "out" / "table.md").read_text()
     # the first draw does not depend on the number of draws (one latent stream per model)
     one = replace(cfg, draws=1)
     first, _ = digits.one_step_samples(one, digits.load_dataset(one), tmp_path / "runs" / "ui-rkl-exact-s0",
@@ -267,7 +274,7 @@ def test_cli_stages_end_to_end(tmp_path, tiny_digits_params):
     assert bad.returncode == 2 and "unknown divergence 'kl'" in bad.stderr
     cfg = load_section(DigitsConfig, "digits", tiny_digits_params)     # fid.num_images 0: the same scores, no FID
     cfg.fid.num_images = 0
-    rows = digits_evaluate.evaluate_stage(cfg, {}, tmp_path / "teacher", tmp_path / "clf", tmp_path / "runs",
+    rows = digits_evaluate.evaluate_stage(cfg, {}, tmp_path / "clf", tmp_path / "runs",
                                           tmp_path / "samples", tmp_path / "no-fid", tmp_path / "no-fid.json",
                                           progress=False)
     # the models' scores are the same; the real subset (the floor) is drawn past the FID reference images, so it moves

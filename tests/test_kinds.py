@@ -52,6 +52,6 @@ def test_digits_rows_name_a_prior_method_in_its_method_field(tmp_path):
         (tmp_path / "runs" / name).mkdir(parents=True)
         (tmp_path / "runs" / name / "run.json").write_text(json.dumps(
             {"config": {**config, "method": method}, "status": "ok", "provenance": {}}))
-    rows = [info for _, _, info in sample_sets(tmp_path / "samples", tmp_path / "teacher", tmp_path / "runs")]
+    rows = [info for _, _, info in sample_sets(tmp_path / "samples", tmp_path / "runs")]
     assert [(r["kind"], r["method"], r["divergence"]) for r in rows] == [
         ("teacher", "", ""), ("method", "sida", ""), ("uni-instruct", "", "fkl")]

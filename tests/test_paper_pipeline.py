@@ -122,7 +122,9 @@ EXPECTED = {
 
 
 def paper_params() -> dict:
-    return yaml.safe_load((ROOT / "params.yaml").read_text())["paper"]
+    """The paper section with every block its own object (the CIFAR-10 profiles share theirs through YAML anchors,
+    which the loader turns into one dict: editing one profile's copy here must not edit the other's)."""
+    return json.loads(json.dumps(yaml.safe_load((ROOT / "params.yaml").read_text())["paper"]))
 
 
 def load_paper(tmp_path, section: dict) -> paper.PaperConfig:
@@ -169,14 +171,16 @@ def test_a_profiles_own_key_replaces_the_shared_one(tmp_path):
     (2, "lrr", 1e-5, r"params\.yaml: paper\.profiles\[2\]\.distill\.lrr: unknown key; valid keys: .*\blr\b"),
     (None, "lrr", 1e-5, r"params\.yaml: paper\.distill\.lrr: unknown key; valid keys: "),
     (0, "lr", 0.0, r"params\.yaml: paper\.profiles\[0\]\.distill\.lr: must be > 0, got 0\.0"),
-    (None, "tmax", 2000.0, r"params\.yaml: paper\.profiles\[0\]\.distill\.tmax: must be in \(0, 1000\]"),
+    (None, "tmax", 2000.0, r"params\.yaml: paper\.distill\.tmax: must be in \(0, 1000\].* \(inherited by "
+                           r"paper\.profiles\[0\]\.distill\)"),
+    (None, "lsg", "many", r"params\.yaml: paper\.distill\.lsg: expected a finite number, got 'many' \(inherited by "),
     (1, "iterations", None, r"params\.yaml: paper\.profiles\[1\]\.distill\.iterations: missing key; params\.yaml "
                             r"records every setting"),
     (None, "seed", None, r"params\.yaml: paper\.profiles\[0\]\.distill\.seed: missing key"),
 ])
 def test_bad_inherited_keys_are_refused_naming_their_path(tmp_path, where, key, value, message):
-    """An unknown key, shared or a profile's own; a range check on the merged profile; a key that neither the profile
-    nor paper.distill gives (value None: deleted)."""
+    """An unknown key, shared or a profile's own; a range or type check on the merged profile (a bad shared value
+    named where it is written); a key that neither the profile nor paper.distill gives (value None: deleted)."""
     params = paper_params()
     block = params["distill"] if where is None else params["profiles"][where]["distill"]
     if value is None:

@@ -239,7 +239,7 @@ def cmd_digits_evaluate(args: argparse.Namespace) -> int:
     from uniinstruct.pipelines import digits_evaluate
 
     cfg, params = _digits(args)
-    rows = digits_evaluate.evaluate_stage(cfg, params, Path(args.teacher_dir), Path(args.classifier_dir),
+    rows = digits_evaluate.evaluate_stage(cfg, params, Path(args.classifier_dir),
                                           Path(args.runs_dir), Path(args.samples_dir), Path(args.out_dir),
                                           Path(args.metrics), not args.quiet, args.workers)
     print(f"evaluated {len(rows)} sample sets -> {args.out_dir}")
@@ -382,7 +382,7 @@ def build_parser() -> argparse.ArgumentParser:
         "sample": (cmd_digits_sample, "sample sets of the teacher and every run",
                    ["--teacher-dir", "--runs-dir", "--samples-dir"], None),
         "evaluate": (cmd_digits_evaluate, "metrics, tables and figures",
-                     ["--teacher-dir", "--classifier-dir", "--runs-dir", "--samples-dir", "--out-dir", "--metrics"],
+                     ["--classifier-dir", "--runs-dir", "--samples-dir", "--out-dir", "--metrics"],
                      _workers)}, digits_dirs)
 
     def profile(p):

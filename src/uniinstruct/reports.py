@@ -96,7 +96,8 @@ def _ours(run: dict | None) -> dict:
         return {"FID (ours)": NOT_RUN, "FID trials (ours)": NOT_RUN, "hardware (ours)": "", "status (ours)": NOT_RUN}
     trials = f"{run['mean']:.2f} ± {run['std']:.2f} (n={len(run['fids'])})"
     return {"FID (ours)": f"{run['min']:.2f}", "FID trials (ours)": trials,
-            "hardware (ours)": describe_hardware(run["provenance"].get("hardware", {})), "status (ours)": run_status(run)}
+            "hardware (ours)": describe_hardware(run["provenance"].get("hardware", {})),
+            "status (ours)": run_status(run)}
 
 
 def _model_name(divergence: str, setting: str = "F.S.") -> str:

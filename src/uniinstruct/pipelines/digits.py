@@ -210,7 +210,8 @@ def runs_stage(cfg: DigitsConfig, params: dict, runs_dir: Path, teacher_dir: Pat
 
 # ---------------------------------------------------------------------------- sample stage
 @torch.no_grad()
-def one_step_samples(cfg: DigitsConfig, data: ImageDataset, run_dir: Path, teacher_dir: Path) -> tuple[torch.Tensor, int]:
+def one_step_samples(cfg: DigitsConfig, data: ImageDataset, run_dir: Path,
+                     teacher_dir: Path) -> tuple[torch.Tensor, int]:
     """``draws × n_samples`` one-step samples G_ema(σ_init z; σ_init) from the run's checkpoint (the teacher's
     weights when it diverged before its first one); returns them and the iteration they come from."""
     run = json.loads((run_dir / "run.json").read_text())

@@ -13,6 +13,8 @@ reference (all real images), which makes that floor optimistic.
   moves a fixed model's score by more than the differences between models (README, digits), hence several;
 * ``class_min_ratio``: the rarest predicted class's share over the mean share (1 = balanced, 0 = a class is missing),
   and ``confidence``: the classifier's mean top probability (how recognisable the samples are).
+
+Wall times stay in each run's and the teacher's volatile sidecar, not in these outputs, which other stages hash.
 """
 
 from __future__ import annotations
@@ -52,14 +54,12 @@ def load_classifier(cfg: DigitsConfig, classifier_dir: Path) -> Classifier:
     return net.eval().requires_grad_(False)
 
 
-def sample_sets(samples_dir: Path, teacher_dir: Path, runs_dir: Path) -> list[tuple[str, Path, dict]]:
+def sample_sets(samples_dir: Path, runs_dir: Path) -> list[tuple[str, Path, dict]]:
     """(name, samples.pt, description) of the teacher's Heun samples and of every run's one-step samples."""
     index = {s["name"]: s for s in json.loads((samples_dir / "samples.json").read_text())["sets"]}
-    teacher = provenance.read_json(teacher_dir / "teacher.json")
     sets = [("teacher-heun", samples_dir / "teacher-heun.pt",
              {"kind": "teacher", "method": "", "divergence": "", "estimator": "", "gan": "", "seed": -1,
-              "nfe": index["teacher-heun"]["nfe"],
-              "status": "ok", "wall_time_s": teacher["provenance"].get("wall_time_s")})]
+              "nfe": index["teacher-heun"]["nfe"], "status": "ok"})]
     for folder in sorted(p for p in runs_dir.iterdir() if p.is_dir()) if runs_dir.is_dir() else []:
         if folder.name not in index:
             raise FileNotFoundError(f"no samples of {folder.name} in {samples_dir}: run the sample stage first")
@@ -71,8 +71,7 @@ def sample_sets(samples_dir: Path, teacher_dir: Path, runs_dir: Path) -> list[tu
                      {"kind": kinds.run_kind(c), "method": c["method"],
                       "divergence": "" if c["method"] else c["divergence"],
                       "estimator": "" if c["method"] else c["estimator"], "gan": "yes" if c["use_gan"] else "no",
-                      "seed": c["seed"], "nfe": 1,
-                      "status": status, "wall_time_s": run["provenance"].get("wall_time_s")}))
+                      "seed": c["seed"], "nfe": 1, "status": status}))
     return sets
 
 
@@ -83,7 +82,7 @@ def class_balance(net: Classifier, images: torch.Tensor) -> dict[str, float]:
     return {"class_min_ratio": float(share.min() * probs.shape[1]), "confidence": float(probs.max(1).values.mean())}
 
 
-def evaluate_stage(cfg: DigitsConfig, params: dict, teacher_dir: Path, classifier_dir: Path, runs_dir: Path,
+def evaluate_stage(cfg: DigitsConfig, params: dict, classifier_dir: Path, runs_dir: Path,
                    samples_dir: Path, out_dir: Path, metrics_path: Path, progress: bool = True,
                    workers: int = 2) -> list[dict]:
     """Score every sample set (Inception features in ``workers`` processes); write metrics.json, the table, the
@@ -99,9 +98,9 @@ def evaluate_stage(cfg: DigitsConfig, params: dict, teacher_dir: Path, classifie
     subsets = [perm] + [torch.randperm(len(data.images), generator=torch.Generator().manual_seed(d))
                         for d in range(1, cfg.draws)]       # the floor's draws; the first one past the FID images
     floor = ("real-subset", None, {"kind": "data", "method": "", "divergence": "", "estimator": "", "gan": "",
-                                   "seed": -1, "nfe": 0, "status": "ok", "wall_time_s": 0.0})
+                                   "seed": -1, "nfe": 0, "status": "ok"})
     rows, curves = [], []
-    sets = sample_sets(samples_dir, teacher_dir, runs_dir)
+    sets = sample_sets(samples_dir, runs_dir)
     xs = [torch.cat([data.images[p[n_fid:n_fid + cfg.n_samples]] for p in subsets]) if path is None else
           checkpoint.load(path).clamp(-1, 1) for _, path, _ in [floor, *sets]]
     real_inception, *inception = fid.inception_features_of_sets(
@@ -238,10 +237,9 @@ def summary_table(frame: pd.DataFrame) -> pd.DataFrame:
         vs = _minus(scores, teacher_scores) if kind in kinds.STUDENT_KINDS and teacher_scores else ""
         rows.append({"kind": kind, "model": _setting_name(kind, method, divergence), "estimator": estimator, "GAN": gan,
                      "NFE": int(group.nfe.iloc[0]), "seeds": len(group),
-                     "classifier FD": tables.format_interval(scores), "interval over": over, "mean": round(mean, 3),
-                     "95% half-width": "" if np.isnan(half) else round(half, 3),
-                     "best": round(float(group.classifier_fd.min()), 3),
-                     "worst": round(float(group.classifier_fd.max()), 3), "minus teacher (95%)": vs})
+                     "classifier FD": tables.format_interval(scores), "interval over": over, "mean": mean,
+                     "95% half-width": "" if np.isnan(half) else half, "best": float(group.classifier_fd.min()),
+                     "worst": float(group.classifier_fd.max()), "minus teacher (95%)": vs})
     return pd.DataFrame(rows)
 
 
@@ -260,18 +258,15 @@ def gan_effect(students: pd.DataFrame) -> dict[str, dict[str, float]]:
 
 def _table(frame: pd.DataFrame) -> pd.DataFrame:
     out = frame[["run", "divergence", "estimator", "gan", "seed", "nfe", "status", "fid", "fid_images",
-                 "classifier_fd", "classifier_fd_half", "draws", "classifier_images", "class_min_ratio", "confidence",
-                 "wall_time_s"]].copy()
+                 "classifier_fd", "classifier_fd_half", "draws", "classifier_images", "class_min_ratio",
+                 "confidence"]].copy()
     out.columns = ["run", "divergence", "estimator", "GAN", "seed", "NFE", "status", "FID", "FID images",
                    "classifier FD (mean of draws)", "95% half-width (draws)", "draws", "cFD images per draw",
-                   "rarest class ratio", "confidence", "wall time (s)"]
+                   "rarest class ratio", "confidence"]
     teacher = frame[frame.kind == "teacher"]
     out.insert(out.columns.get_loc("95% half-width (draws)") + 1, "minus teacher (95%, draws)",
                [_minus(draws, teacher.classifier_fd_draws.iloc[0]) if kind in kinds.STUDENT_KINDS and len(teacher)
                 else "" for kind, draws in zip(frame.kind, frame.classifier_fd_draws)])
     if out["FID"].isna().all():
         out = out.drop(columns=["FID", "FID images"])
-    for col in [c for c in ("FID", "classifier FD (mean of draws)", "95% half-width (draws)", "rarest class ratio",
-                            "confidence") if c in out]:
-        out[col] = out[col].map(lambda v: None if _number(v) is None else float(np.round(v, 3)))
-    return out
+    return out      # unrounded: the Markdown and LaTeX writers round once (a value rounded twice can differ)

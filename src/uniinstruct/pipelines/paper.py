@@ -24,7 +24,7 @@ from typing import Mapping
 import torch
 
 from uniinstruct import provenance
-from uniinstruct.config import inherit, known_keys, positive
+from uniinstruct.config import ConfigError, from_dict, inherit, known_keys, positive
 from uniinstruct.images import fid, fid_protocol
 from uniinstruct.images.cifar import load_cifar10, load_edm_zip
 from uniinstruct.images.data import index_sampler
@@ -84,15 +84,31 @@ class PaperConfig:
         known_keys(DistillConfig, shared, f"{path}.distill")
         if not shared or not isinstance(profiles, list):
             return data
-        return {**data, "profiles": [
-            {**p, "distill": inherit(DistillConfig, shared, p.get("distill", {}), f"{path}.profiles[{i}].distill")}
-            if isinstance(p, Mapping) else p for i, p in enumerate(profiles)]}
+        merged = [{**p, "distill": _merged_distill(shared, p.get("distill", {}), path, i)} if isinstance(p, Mapping)
+                  else p for i, p in enumerate(profiles)]
+        return {**data, "profiles": merged}
 
     def profile(self, name: str) -> PaperProfile:
         names = [p.name for p in self.profiles]
         if name not in names:
             raise ValueError(f"unknown paper profile {name!r}; valid: {', '.join(names)}")
         return self.profiles[names.index(name)]
+
+
+def _merged_distill(shared: Mapping, own: Mapping, path: str, i: int) -> dict:
+    """Profile ``i``'s distill: ``shared`` with its ``own`` keys in their place; a bad value that the profile
+    inherits is named where it is written (``paper.distill.KEY``), not under the profile."""
+    where = f"{path}.profiles[{i}].distill"
+    merged = inherit(DistillConfig, shared, own, where)
+    try:
+        from_dict(DistillConfig, merged, where)
+    except ConfigError as err:
+        key = str(err)[len(where) + 1:].split(":", 1)[0].split("[", 1)[0]
+        if str(err).startswith(f"{where}.") and key in shared and key not in own:
+            profile = where.split(": ", 1)[-1]          # without the file name that ``path`` may start with
+            raise ConfigError(f"{path}.distill.{str(err)[len(where) + 1:]} (inherited by {profile})") from None
+        raise
+    return merged
 
 
 def load_data(profile: PaperProfile, label_dim: int) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -117,7 +117,8 @@ class ToyConfig:
                             heun_steps=self.heun_steps)
         problems += valid_names("benchmark", [self.benchmark], benchmark)
         if (self.wide.hidden, self.wide.depth) == (self.hidden, self.depth):
-            problems.append(("wide", f"the wide runs need another width than hidden × depth = {self.hidden} × {self.depth}"))
+            problems.append(("wide", "the wide runs need another width than hidden × depth = "
+                                     f"{self.hidden} × {self.depth}"))
         if not self.wide.check():           # its keys are known: do they suit this toy.distill?
             try:
                 wide_distill(self, "wide.distill")
@@ -402,7 +403,8 @@ def run_batch(cfg: ToyConfig, params: dict, jobs: list[Job], runs_dir: Path, tea
         ceiling_stage(job_cfg, {**params, "run": jobs[0].overrides}, runs_dir / jobs[0].name, teacher_dir,
                       **jobs[0].overrides)
     else:
-        distill_stage(job_cfg, [job_config(cfg, job)[1] for job in jobs], [{**params, "run": job.overrides} for job in jobs],
+        distill_stage(job_cfg, [job_config(cfg, job)[1] for job in jobs],
+                      [{**params, "run": job.overrides} for job in jobs],
                       [runs_dir / job.name for job in jobs], teacher_dir, progress=False)
     return [job.name for job in jobs]
 
