@@ -79,6 +79,7 @@ def test_toy_tier_end_to_end(tmp_path, tiny_toy_params):
     assert {r["kind"] for r in rows} <= set(ROW_KINDS)                     # one vocabulary; the detail in its fields
     assert [r["teacher"] for r in rows[:2]] == ["analytic", "learned"] and rows[3]["method"] == "sida"
     assert rows[2]["regression_steps"] == 200 and rows[8]["regression_steps"] == 30 and rows[2]["nfe"] == 1
+    assert not [k for r in rows for k in r if "wall" in k]      # later stages hash metrics.json: nothing volatile
     cli("notebook", "toy/ablation", "--params", str(params), "--out-dir",
         str(tmp_path / "results" / "toy"), "--executed-dir", str(tmp_path / "nb"),
         "--param", f"runs_dir={tmp_path / 'runs'}", "--param", f"teacher_dir={tmp_path / 'teacher'}")
@@ -87,6 +88,7 @@ def test_toy_tier_end_to_end(tmp_path, tiny_toy_params):
     assert {"ceiling (30 regression steps), 24×2 MLPs", "fkl (exact), 24×2 MLPs"} <= set(table["run"])
     assert {"off-mode mass ↓", "mode-mass TV ↓", "modes ≥ half weight", "teacher NLL ↓", "modes covered", "MMD² ↓",
             "NFE"} <= set(table.columns)
+    assert "train s" not in table.columns and not [c for c in table.columns if "wall" in c]
     for fig in ("scatter_divergences", "scatter_methods_estimators", "scatter_wide", "curves"):
         assert (tmp_path / "results" / "toy" / "figures" / f"{fig}.png").stat().st_size > 5_000
     summary = json.loads((tmp_path / "results" / "metrics" / "toy.json").read_text())
@@ -94,6 +96,34 @@ def test_toy_tier_end_to_end(tmp_path, tiny_toy_params):
     assert any(line.startswith("- 24×2 MLPs, longer, held-out seeds, best student (fkl, 1 seeds)")
                for line in summary["observations"])
     assert (tmp_path / "results" / "toy" / "curves.csv").exists()
+
+
+def test_evaluate_rows_carry_no_wall_time(tmp_path):
+    """metrics.json is hashed by later stages (toy_ablation, tables), so its rows carry no wall time: the teacher's
+    and each run's stay in their volatile sidecars, the evaluation's own in metrics.volatile.json."""
+    from uniinstruct import provenance
+    from uniinstruct.pipelines import toy
+    from uniinstruct.training import checkpoint
+
+    q = benchmark("ring8")
+    teacher, runs = tmp_path / "teacher", tmp_path / "runs"
+    provenance.write_json(teacher / "teacher.json", {"nfe": 7, "provenance": {"params": {}, "wall_time_s": 12.5}})
+    records = {"ceiling-i10-s0": {"kind": "ceiling", "iterations": 10, "network": "16×2", "seed": 0, "status": "ok"},
+               "ui-fkl-exact-s0": {"config": {"method": "", "divergence": "fkl", "estimator": "exact",
+                                              "ratio": "logit", "seed": 0, "use_gan": True},
+                                   "network": "16×2", "status": "ok", "trained_with": ["ui-fkl-exact-s0", "other"]}}
+    for i, name in enumerate(["analytic", "learned", *records]):
+        x = q.sample(300, generator=torch.Generator().manual_seed(i))
+        checkpoint.save_atomic(x, teacher / f"samples_{name}.pt" if i < 2 else runs / name / "samples.pt")
+    for name, record in records.items():
+        provenance.write_json(runs / name / "run.json", {**record, "provenance": {"params": {}, "wall_time_s": 3.0}})
+    out = tmp_path / "metrics.json"
+    rows = toy.evaluate_stage(ToyConfig(), {}, runs, teacher, out, workers=1)
+    assert [r["run"] for r in rows] == ["teacher-analytic-heun", "teacher-learned-heun", *records]
+    assert [r["nfe"] for r in rows] == [7, 7, 1, 1]
+    assert not [k for r in rows for k in r if "wall" in k] and "wall" not in out.read_text()
+    assert provenance.read_json(out)["provenance"]["wall_time_s"] >= 0
+    assert provenance.read_json(runs / "ui-fkl-exact-s0" / "run.json")["provenance"]["wall_time_s"] == 3.0
 
 
 def test_diverged_run_is_recorded_not_crashed(tmp_path, monkeypatch):

@@ -6,6 +6,8 @@ exact Tweedie denoiser (``teacher: analytic``) or that MLP (``teacher: learned``
 Students are one-step generators G(σ_init z; σ_init) distilled with the full Uni-Instruct loop; the one-step
 capacity ceiling is the same generator network regressed onto the teacher's ODE map. The ``wide`` runs repeat
 the recipe on wider networks, trained longer, on seeds that tuned nothing (:class:`WideConfig`).
+
+Wall times stay in the teacher's and each run's volatile sidecar, not in metrics.json, which later stages hash.
 """
 
 from __future__ import annotations
@@ -453,12 +455,7 @@ def _describe_teacher(cfg: ToyConfig, info: dict, teacher: str) -> dict:
     """A metrics row's description of a teacher's Heun samples (``teacher``: one of :data:`TEACHERS`)."""
     return {"kind": "teacher", "teacher": teacher, "network": network(cfg) if teacher == "learned" else "exact",
             "divergence": "", "estimator": "", "method": "", "ratio": "", "seed": -1, "nfe": info["nfe"],
-            "status": "ok", "wall_time_s": info["provenance"].get("wall_time_s"), "gan": False}
-
-
-def _share(wall_time_s: float | None, members: int) -> float | None:
-    """A run's share of the wall time of the runs trained with it (None where the volatile sidecar is absent)."""
-    return None if wall_time_s is None else round(wall_time_s / members, 3)
+            "status": "ok", "gan": False}
 
 
 def _describe_run(info: dict) -> dict:
@@ -466,11 +463,10 @@ def _describe_run(info: dict) -> dict:
     if info.get("kind") == "ceiling":
         return {"kind": "ceiling", "regression_steps": info["iterations"], "network": info["network"],
                 "divergence": "", "estimator": "", "method": "", "ratio": "", "seed": info["seed"], "nfe": 1,
-                "status": info["status"], "gan": False, "wall_time_s": info["provenance"].get("wall_time_s")}
+                "status": info["status"], "gan": False}
     c = info["config"]
     return {"kind": kinds.run_kind(c), "network": info["network"],
             "divergence": "" if c["method"] else c["divergence"],
             "estimator": "" if c["method"] else c["estimator"], "method": c["method"], "ratio": c["ratio"],
             "seed": c["seed"], "nfe": 1, "gan": c["use_gan"],
-            "wall_time_s": _share(info["provenance"].get("wall_time_s"), len(info.get("trained_with", [c["seed"]]))),
             "status": info["status"] if info["status"] == "ok" else f"diverged at iteration {info['diverged_at']}"}
