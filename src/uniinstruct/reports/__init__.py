@@ -2,7 +2,7 @@
 
 Published numbers come from ``uniinstruct/paper_data`` (strings exactly as transcribed, with their source). Our numbers
 come from result files the pipeline wrote: ``results/paper/<profile>-<divergence>.json`` (GPU runs of the paper tier,
-copied there by ``uniinstruct paper fid``), ``results/metrics/toy.json`` and ``results/digits/metrics.json``. A cell we
+copied there by ``uniinstruct paper fid``), ``results/toy/metrics.json`` and ``results/digits/metrics.json``. A cell we
 have no run for says :data:`NOT_RUN`; nothing is ever filled with a placeholder number.
 
 Modules: ``common`` ("not run", labels, writing a report), ``paper`` (the paper tier's tables), ``cells`` (the

@@ -20,7 +20,7 @@ from uniinstruct.reports.paper import PROFILE_TABLES, _ours, paper_run_files, pa
 def divergence_ablation(results_dir: str | Path, toy: dict, digits: dict) -> pd.DataFrame:
     """The paper's divergence × SiD-init × GAN ablation (CIFAR-10) beside our CIFAR-10, digits and toy runs.
 
-    ``toy``: ``results/metrics/toy.json``; ``digits``: ``results/digits/metrics.json``. Our CPU-tier runs use the GAN
+    ``toy``: ``results/toy/metrics.json``; ``digits``: ``results/digits/metrics.json``. Our CPU-tier runs use the GAN
     term and no SiD initialisation, so only the paper's rows with that setting get their numbers; the divergences we ran
     that the paper did not get rows of their own.
     """
