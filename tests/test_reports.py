@@ -1,5 +1,6 @@
 """The paper's tables with ours beside them (uniinstruct.reports): our cells come from result files or say "not run"."""
 
+import copy
 import json
 import re
 from pathlib import Path
@@ -261,3 +262,14 @@ def test_report_inputs_every_generated_table_and_existing_figures():
     generated = {p.relative_to(ROOT / "results").as_posix() for p in ROOT.glob("results/*/*.tex")}
     assert set(inputs) == generated                       # every generated table, nothing that is not generated
     assert figures and all((ROOT / "results" / f).is_file() for f in figures)
+
+
+def test_digits_rows_say_whether_the_tier_is_class_conditional(tmp_path):
+    """The digits tier's dataset cell follows the run's own params (a class-conditional teacher and students score
+    differently from unconditional ones; the tables must not mix them silently)."""
+    for conditional, name in ((False, "digits 8×8"), (True, "digits 8×8, class-conditional")):
+        digits = copy.deepcopy(DIGITS)
+        digits["provenance"]["params"]["conditional"] = conditional
+        for table in (reports.status_table(tmp_path, TOY, digits), reports.teacher_vs_student(tmp_path, TOY, digits)):
+            cells = set(table[table.dataset.str.startswith("digits")].dataset)
+            assert cells == {name}

@@ -53,6 +53,11 @@ def _best(rows: list[dict], key: str) -> dict | None:
     return min(rows, key=lambda r: r[key]) if rows else None
 
 
+def _digits_dataset(digits: dict) -> str:
+    """The digits tier's dataset as the tables name it (its teacher and students class-conditional or not)."""
+    return "digits 8×8" + (", class-conditional" if digits["provenance"]["params"].get("conditional") else "")
+
+
 def teacher_vs_student(results_dir: str | Path, toy: dict, digits: dict) -> pd.DataFrame:
     """Each tier's multi-step teacher against its best one-step student: the paper's numbers, then ours."""
     rows, runs = [], paper_runs(results_dir)
@@ -87,7 +92,7 @@ def teacher_vs_student(results_dir: str | Path, toy: dict, digits: dict) -> pd.D
         student_value = NOT_RUN if best is None else format(means[best], fmt) + (
             _plus_minus(tables.mean_interval([r[key] for r in settings[best]])[1], "seeds") if key == "classifier_fd"
             else "")
-        rows.append({"tier": "digits (CPU)", "dataset": "digits 8×8", "metric": metric, "source": "ours",
+        rows.append({"tier": "digits (CPU)", "dataset": _digits_dataset(digits), "metric": metric, "source": "ours",
                      "teacher": "EDM-style UNet, Heun", "teacher NFE": str(teacher["nfe"]),
                      "teacher value": teacher_value, "best student": name,
                      "student NFE": "1", "student value": student_value})
@@ -124,7 +129,7 @@ def status_table(results_dir: str | Path, toy: dict, digits: dict) -> pd.DataFra
         if r["kind"] == "uni-instruct":
             setting = f"seed {r['seed']}" + ("" if r["gan"] == "yes" else ", no GAN")
             fid = r["fid"] is not None
-            rows.append({"method": _model_name(r["divergence"], setting), "dataset": "digits 8×8",
+            rows.append({"method": _model_name(r["divergence"], setting), "dataset": _digits_dataset(digits),
                          "metric": (f"FID ↓ ({r['fid_images']} images) / " if fid else "") + _digits_fd_metric(r),
                          "paper": NOT_IN_PAPER,
                          "ours": ((f"{r['fid']:.1f} / " if fid else "") + f"{r['classifier_fd']:.2f}"
