@@ -309,6 +309,7 @@ def test_lfw_faces_train_a_teacher_and_refuse_conditioning(tmp_path, tiny_digits
 
     cfg = load_section(DigitsConfig, "digits", tiny_digits_params)
     cfg.dataset, cfg.teacher_train.iterations, cfg.n_samples, cfg.heun_steps, cfg.draws = "lfw", 2, 4, 2, 1
+    cfg.conditional = False
     record = digits.teacher_stage(cfg, {}, tmp_path, progress=False)
     assert record["shape"] == [1, 24, 24]
     digits.sample_stage(cfg, {}, tmp_path, tmp_path / "no-runs", tmp_path / "samples", progress=False)
@@ -335,7 +336,9 @@ def test_a_run_without_checkpoint_is_sampled_from_its_initial_weights(tmp_path, 
     z = torch.randn(6, 1, 8, 8, generator=torch.Generator().manual_seed(10_000 + cfg.distill.seed))
     s = cfg.distill.sigma_init
     assert iteration == 0
-    torch.testing.assert_close(samples, teacher(s * z, torch.full((6,), s)))
+    labels = digits.sample_labels(cfg, data, 6)             # class-conditional: the balanced labels 0, 1, …, 5
+    assert cfg.conditional and torch.equal(labels.argmax(1), torch.arange(6))
+    torch.testing.assert_close(samples, teacher(s * z, torch.full((6,), s), labels))
 
 
 def test_gradient_accumulation_matches_one_pass(data):

@@ -98,7 +98,8 @@ class DigitsConfig:
 def load_dataset(cfg: DigitsConfig) -> ImageDataset:
     data = load(cfg.dataset)
     if cfg.conditional and not data.num_classes:
-        raise ValueError(f"conditional: true needs labels, and the {cfg.dataset} data set has none")
+        raise ValueError(f"conditional: true needs labels, and the {cfg.dataset} data set has none "
+                         "(set digits.conditional: false)")
     return data
 
 
