@@ -252,9 +252,10 @@ def test_cli_stages_end_to_end(tmp_path, tiny_digits_params):
     # nothing volatile in outputs that other stages hash (wall times stay in the runs' sidecars); scores unrounded in
     # the CSV, rounded once in the Markdown
     assert not [k for r in metrics["rows"] for k in r if "wall" in k] and "wall time (s)" not in table.columns
+    markdown = (tmp_path / "out" / "table.md").read_text()
     for row in metrics["rows"]:
         assert table.loc[row["run"], "classifier FD (mean of draws)"] == pytest.approx(row["classifier_fd"], rel=1e-12)
-        assert f"| {row['classifier_fd']:.3g} |" in (tmp_path / "out" / "table.md").read_text()
+        assert f"| {row['classifier_fd']:.3g} |" in markdown
     # the first draw does not depend on the number of draws (one latent stream per model)
     one = replace(cfg, draws=1)
     first, _ = digits.one_step_samples(one, digits.load_dataset(one), tmp_path / "runs" / "ui-rkl-exact-s0",
