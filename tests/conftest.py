@@ -38,6 +38,20 @@ def run_dvc(*args, cwd=ROOT) -> "subprocess.CompletedProcess[str]":
     return subprocess.run([sys.executable, "-m", "dvc", *map(str, args)], cwd=cwd, capture_output=True, text=True)
 
 
+def volatile_keys(data, where: str = "") -> list[str]:
+    """The key paths in a JSON value that hold volatile provenance (``provenance.VOLATILE``, or any wall time): a
+    result that other stages hash must hold none (they belong in its ``.volatile.json`` sidecar)."""
+    from uniinstruct.provenance import VOLATILE
+
+    if isinstance(data, dict):
+        return [path for key, value in data.items()
+                for path in ([f"{where}.{key}"] if key in VOLATILE or "wall" in key else
+                             volatile_keys(value, f"{where}.{key}"))]
+    if isinstance(data, list):
+        return [path for i, value in enumerate(data) for path in volatile_keys(value, f"{where}[{i}]")]
+    return []
+
+
 @pytest.fixture
 def tiny_toy_params(tmp_path):
     """Write a params.yaml whose toy section is tiny (16-wide MLPs, short runs); returns (path, toy section).

@@ -59,6 +59,17 @@ def test_unknown_and_missing_keys():
         from_dict(TheoryConfig, [1, 2], "theory")
 
 
+def test_config_errors_carry_their_key_path_and_move_to_where_an_inherited_key_is_written():
+    with pytest.raises(ConfigError) as caught:
+        from_dict(TheoryConfig, theory(**{"gradient.sigmas": [0.1, -2.0]}), "p.yaml: theory")
+    err = caught.value
+    assert (err.path, str(err)) == ("p.yaml: theory.gradient.sigmas[1]", f"{err.path}: {err.problem}")
+    written = {"p.yaml: theory.gradient.sigmas": "p.yaml: shared.sigmas", "p.yaml: theory.grad": "p.yaml: other"}
+    moved = err.moved(written)
+    assert str(moved) == f"p.yaml: shared.sigmas[1]: {err.problem} (inherited by theory.gradient)"
+    assert err.moved({"p.yaml: theory.gradient.sigma": "elsewhere"}) is err        # a prefix of a key, not its path
+
+
 def test_missing_section(tmp_path):
     path = tmp_path / "params.yaml"
     path.write_text("toy: {}\n")
@@ -167,6 +178,14 @@ def test_a_result_written_twice_is_byte_identical(tmp_path):
     assert target.read_bytes() == first and provenance.volatile_path(target).read_bytes() != first_side
     provenance.volatile_path(target).unlink()                 # e.g. restored from the DVC cache without it
     assert provenance.read_json(target)["provenance"] == json.loads(first)["provenance"]
+
+
+def test_a_provenance_block_of_only_volatile_fields_leaves_the_result(tmp_path):
+    """A notebook summary that records only its wall time: the result keeps its keys in order, the time its sidecar."""
+    target = tmp_path / "summary.json"
+    provenance.write_json(target, {"a": 1, "provenance": {"wall_time_s": 2.5}, "b": 2})
+    assert target.read_text() == '{\n  "a": 1,\n  "b": 2\n}\n'
+    assert provenance.read_json(target) == {"a": 1, "b": 2, "provenance": {"wall_time_s": 2.5}}
 
 
 def test_write_json_failure_keeps_old_file(tmp_path):

@@ -23,7 +23,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import ROOT, run_dvc
+from conftest import ROOT, run_dvc, volatile_keys
 from uniinstruct.training import checkpoint
 
 SRC = ROOT / "src"
@@ -218,6 +218,17 @@ def test_bytecode_cache_leaves_stages_up_to_date(tmp_path, ignore):
     assert list((tmp_path / "pkg" / "__pycache__").glob("*.pyc")), "python wrote no bytecode: the test proves nothing"
     status = json.loads(_dvc(tmp_path, "status", "--json"))
     assert (status == {}) == ignore, status
+
+
+def test_no_committed_result_holds_volatile_provenance():
+    """Every JSON result of the pipeline (not a sidecar) is free of wall times, timestamps, commits and hardware: a
+    rerun that reproduces it leaves it byte for byte, and the lock's hashes with it."""
+    from uniinstruct.provenance import is_volatile
+
+    results = [p for p in sorted((ROOT / "results").rglob("*.json")) if not is_volatile(p)]
+    assert {"theory", "toy", "unification", "digits"} <= {p.stem for p in results if p.parent.name == "metrics"}
+    found = {str(p.relative_to(ROOT)): keys for p in results if (keys := volatile_keys(json.loads(p.read_text())))}
+    assert found == {}
 
 
 @pytest.mark.parametrize("ignore", [True, False])

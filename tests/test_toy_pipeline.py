@@ -8,12 +8,13 @@ import pytest
 import torch
 import yaml
 
+from uniinstruct import provenance
 from uniinstruct.config import ConfigError, from_dict
 from uniinstruct.kinds import ROW_KINDS
 from uniinstruct.pipelines.toy import ToyConfig, data_std
 from uniinstruct.training.distill import run_name
 from uniinstruct.toy.problems import benchmark
-from conftest import run_cli
+from conftest import run_cli, volatile_keys
 
 
 
@@ -79,10 +80,12 @@ def test_toy_tier_end_to_end(tmp_path, tiny_toy_params):
     assert {r["kind"] for r in rows} <= set(ROW_KINDS)                     # one vocabulary; the detail in its fields
     assert [r["teacher"] for r in rows[:2]] == ["analytic", "learned"] and rows[3]["method"] == "sida"
     assert rows[2]["regression_steps"] == 200 and rows[8]["regression_steps"] == 30 and rows[2]["nfe"] == 1
-    assert not [k for r in rows for k in r if "wall" in k]      # later stages hash metrics.json: nothing volatile
+    assert volatile_keys(rows) == []              # later stages hash metrics.json: nothing volatile
     cli("notebook", "toy/ablation", "--params", str(params), "--out-dir",
         str(tmp_path / "results" / "toy"), "--executed-dir", str(tmp_path / "nb"),
         "--param", f"runs_dir={tmp_path / 'runs'}", "--param", f"teacher_dir={tmp_path / 'teacher'}")
+    summary = tmp_path / "results" / "metrics" / "toy.json"           # the notebook's summary: its time in the sidecar
+    assert volatile_keys(json.loads(summary.read_text())) == [] and provenance.read_json(summary)["provenance"]
     table = pd.read_csv(tmp_path / "results" / "toy" / "ablation.csv")
     assert len(table) == 10 and table["source"].str.startswith("ours").all()
     assert {"ceiling (30 regression steps), 24×2 MLPs", "fkl (exact), 24×2 MLPs"} <= set(table["run"])
@@ -101,7 +104,6 @@ def test_toy_tier_end_to_end(tmp_path, tiny_toy_params):
 def test_evaluate_rows_carry_no_wall_time(tmp_path):
     """metrics.json is hashed by later stages (toy_ablation, tables), so its rows carry no wall time: the teacher's
     and each run's stay in their volatile sidecars, the evaluation's own in metrics.volatile.json."""
-    from uniinstruct import provenance
     from uniinstruct.pipelines import toy
     from uniinstruct.training import checkpoint
 
@@ -121,7 +123,7 @@ def test_evaluate_rows_carry_no_wall_time(tmp_path):
     rows = toy.evaluate_stage(ToyConfig(), {}, runs, teacher, out, workers=1)
     assert [r["run"] for r in rows] == ["teacher-analytic-heun", "teacher-learned-heun", *records]
     assert [r["nfe"] for r in rows] == [7, 7, 1, 1]
-    assert not [k for r in rows for k in r if "wall" in k] and "wall" not in out.read_text()
+    assert volatile_keys(json.loads(out.read_text())) == []
     assert provenance.read_json(out)["provenance"]["wall_time_s"] >= 0
     assert provenance.read_json(runs / "ui-fkl-exact-s0" / "run.json")["provenance"]["wall_time_s"] == 3.0
 

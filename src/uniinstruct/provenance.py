@@ -127,11 +127,12 @@ def _dump(payload: Any) -> Callable[[IO], None]:
 
 def write_json(path: str | Path, payload: Any) -> Path:
     """Write JSON atomically (:func:`write_atomic`); the ``VOLATILE`` fields of a ``provenance`` block go to
-    :func:`volatile_path` instead (written first: a result never lacks its sidecar)."""
+    :func:`volatile_path` instead (written first: a result never lacks its sidecar), and a block left empty goes."""
     prov = payload.get("provenance") if isinstance(payload, dict) else None
     if isinstance(prov, dict) and any(key in prov for key in VOLATILE):
         write_atomic(volatile_path(path), _dump({key: prov[key] for key in VOLATILE if key in prov}), "w")
-        payload = {**payload, "provenance": {k: v for k, v in prov.items() if k not in VOLATILE}}
+        rest = {k: v for k, v in prov.items() if k not in VOLATILE}
+        payload = {k: (rest if k == "provenance" else v) for k, v in payload.items() if k != "provenance" or rest}
     return write_atomic(path, _dump(payload), "w")
 
 

@@ -24,7 +24,7 @@ from typing import Mapping
 import torch
 
 from uniinstruct import provenance
-from uniinstruct.config import ConfigError, from_dict, inherit, known_keys, positive
+from uniinstruct.config import from_dict, inherit, known_keys, origins, positive
 from uniinstruct.images import fid, fid_protocol
 from uniinstruct.images.cifar import load_cifar10, load_edm_zip
 from uniinstruct.images.data import index_sampler
@@ -77,38 +77,28 @@ class PaperConfig:
     profiles: list[PaperProfile] = field(default_factory=list)
 
     @staticmethod
-    def inherited(data: Mapping, path: str) -> Mapping:
-        """``data`` (the raw section) with each profile's ``distill`` over the shared ``distill`` block: configs that
-        inherit, merged before the profiles are built, so each merged profile must still name every key."""
+    def inherited(data: Mapping, path: str) -> tuple[Mapping, dict[str, str]]:
+        """``data`` (the raw section) with each profile's ``distill`` over the shared ``distill`` block (configs that
+        inherit, merged before the profiles are built, so each merged profile must still name every key), and where
+        each inherited key is written (``paper.distill.KEY``), for errors to name."""
         shared, profiles = data.get("distill", {}), data.get("profiles")
         known_keys(DistillConfig, shared, f"{path}.distill")
         if not shared or not isinstance(profiles, list):
-            return data
-        merged = [{**p, "distill": _merged_distill(shared, p.get("distill", {}), path, i)} if isinstance(p, Mapping)
-                  else p for i, p in enumerate(profiles)]
-        return {**data, "profiles": merged}
+            return data, {}
+        merged, written = [], {}
+        for i, p in enumerate(profiles):
+            if isinstance(p, Mapping):
+                own, where = p.get("distill", {}), f"{path}.profiles[{i}].distill"
+                p = {**p, "distill": inherit(DistillConfig, shared, own, where)}
+                written |= origins(shared, own, where, f"{path}.distill")
+            merged.append(p)
+        return {**data, "profiles": merged}, written
 
     def profile(self, name: str) -> PaperProfile:
         names = [p.name for p in self.profiles]
         if name not in names:
             raise ValueError(f"unknown paper profile {name!r}; valid: {', '.join(names)}")
         return self.profiles[names.index(name)]
-
-
-def _merged_distill(shared: Mapping, own: Mapping, path: str, i: int) -> dict:
-    """Profile ``i``'s distill: ``shared`` with its ``own`` keys in their place; a bad value that the profile
-    inherits is named where it is written (``paper.distill.KEY``), not under the profile."""
-    where = f"{path}.profiles[{i}].distill"
-    merged = inherit(DistillConfig, shared, own, where)
-    try:
-        from_dict(DistillConfig, merged, where)
-    except ConfigError as err:
-        key = str(err)[len(where) + 1:].split(":", 1)[0].split("[", 1)[0]
-        if str(err).startswith(f"{where}.") and key in shared and key not in own:
-            profile = where.split(": ", 1)[-1]          # without the file name that ``path`` may start with
-            raise ConfigError(f"{path}.distill.{str(err)[len(where) + 1:]} (inherited by {profile})") from None
-        raise
-    return merged
 
 
 def load_data(profile: PaperProfile, label_dim: int) -> tuple[torch.Tensor, torch.Tensor | None]:

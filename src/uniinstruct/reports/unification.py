@@ -62,4 +62,4 @@ def unification_markdown(rows: list[dict], summary: dict) -> str:
     """Each method's status, then Uni-Instruct's worst exact-estimator error and the wall time."""
     lines = [f"- **{r['title']}** (paper: {r['paper_divergence']}): {r['status']}" for r in rows]
     return ("\n".join(lines) + f"\n\nUni-Instruct exact estimator, worst relative error over divergences: "
-            f"{summary['uni_instruct_exact_max_rel_error']:.1e}. Wall time {summary['wall_time_s']} s.")
+            f"{summary['uni_instruct_exact_max_rel_error']:.1e}. Wall time {summary['provenance']['wall_time_s']} s.")
