@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from uniinstruct import tables
@@ -59,8 +60,7 @@ def main() -> None:
     sets = sample_sets(Path(args.samples), Path(args.runs))
     draws = {name: [classifier_features(clf, d) for d in checkpoint.load(path).clamp(-1, 1).chunk(cfg.draws)]
              for name, path, _ in sets}
-    teacher_ref = classifier_features(clf, torch.cat(
-        checkpoint.load(Path(args.samples) / "teacher-heun.pt").clamp(-1, 1).chunk(cfg.draws)[:args.teacher_draws]))
+    teacher_ref = np.concatenate(draws["teacher-heun"][:args.teacher_draws])      # features are per sample
     subsets = [data.images[torch.randperm(len(data.images), generator=torch.Generator().manual_seed(d))
                            [:cfg.n_samples]] for d in range(cfg.draws)]
     real_draws = [classifier_features(clf, s) for s in subsets]
