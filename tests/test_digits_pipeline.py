@@ -303,6 +303,26 @@ def test_conditional_teacher_stage_and_labels(tmp_path, tiny_digits_params):
     assert torch.load(tmp_path / "samples" / "teacher-heun.pt", weights_only=True).shape == (20, 1, 8, 8)
 
 
+def test_teacher_draws_shared_among_workers_give_the_samples_of_one_process(tmp_path, tiny_digits_params):
+    """The sample stage's Heun draws split over two processes come back in draw order, equal to one process's."""
+    from uniinstruct.config import load_section
+    from uniinstruct.pipelines import digits
+
+    cfg = load_section(DigitsConfig, "digits", tiny_digits_params)
+    cfg.teacher_train.iterations, cfg.n_samples, cfg.heun_steps, cfg.draws = 3, 4, 2, 3
+    digits.teacher_stage(cfg, {}, tmp_path, progress=False)
+    sets = {}
+    for workers in (1, 2):
+        digits.sample_stage(cfg, {}, tmp_path, tmp_path / "no-runs", tmp_path / f"w{workers}", progress=False,
+                            workers=workers)
+        sets[workers] = torch.load(tmp_path / f"w{workers}" / "teacher-heun.pt", weights_only=True)
+    assert sets[1].shape == (12, 1, 8, 8)
+    assert torch.equal(sets[1], sets[2])
+    # and each draw is the sampler on its own latents (the order is the draws', not the workers')
+    latents = torch.randn(12, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(digits.heun_draws(cfg, tmp_path, latents[4:8]), sets[1][4:8])
+
+
 def test_lfw_faces_train_a_teacher_and_refuse_conditioning(tmp_path, tiny_digits_params):
     """The optional data set (24×24 faces, no labels) runs through the same teacher stage."""
     from uniinstruct.config import load_section

@@ -230,7 +230,7 @@ def cmd_digits_sample(args: argparse.Namespace) -> int:
 
     cfg, params = _digits(args)
     sets = digits.sample_stage(cfg, params, Path(args.teacher_dir), Path(args.runs_dir), Path(args.samples_dir),
-                               not args.quiet)
+                               not args.quiet, args.workers)
     print(f"sampled {len(sets)} sets -> {args.samples_dir}")
     return 0
 
@@ -380,7 +380,7 @@ def build_parser() -> argparse.ArgumentParser:
         "runs": (cmd_digits_runs, "every run of digits.matrix, in parallel processes", ["--teacher-dir", "--runs-dir"],
                  _workers),
         "sample": (cmd_digits_sample, "sample sets of the teacher and every run",
-                   ["--teacher-dir", "--runs-dir", "--samples-dir"], None),
+                   ["--teacher-dir", "--runs-dir", "--samples-dir"], _workers),
         "evaluate": (cmd_digits_evaluate, "metrics, tables and figures",
                      ["--classifier-dir", "--runs-dir", "--samples-dir", "--out-dir", "--metrics"],
                      _workers)}, digits_dirs)
