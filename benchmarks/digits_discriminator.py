@@ -82,7 +82,7 @@ def main() -> None:
     z_all, noise_all = torch.randn(everyone, *data.shape, generator=gen), torch.randn(everyone, *data.shape,
                                                                                        generator=gen)
     c_all = one_hot(data.labels, data.num_classes) if cfg.conditional else None
-    teacher = torch.load(Path(args.samples) / "teacher-heun.pt", weights_only=True)[:everyone]
+    teacher = checkpoint.load(Path(args.samples) / "teacher-heun.pt")[:everyone]
     sets = {"teacher, 18-step Heun": teacher}
     for run in map(Path, args.runs):
         path = run / "checkpoint.pt"

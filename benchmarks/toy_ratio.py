@@ -78,6 +78,7 @@ def main() -> None:
         x_real = mixture.sample(args.n, generator=gen).float()
         print(f"\n{run.name} (iteration {state['iteration']})")
         print(f"{'σ':>5s} {'mean |ℓ|':>9s} {'mean |ℓ*|':>9s} {'corr':>6s} {'slope':>6s} {'AUC ℓ':>6s} {'AUC ℓ*':>6s}")
+        labels = [1] * args.n + [0] * args.n             # real, then generated
         for sigma in args.sigmas:
             pts = torch.cat([x_real, x_g]) + sigma * torch.randn(2 * args.n, 2, generator=gen)
             exact = mixture.log_prob(pts.double(), sigma) - log_kde(pts, centres, sigma)
@@ -86,7 +87,6 @@ def main() -> None:
             e, h = exact[fake_rows], ell[fake_rows]
             corr = torch.corrcoef(torch.stack([e, h]))[0, 1]
             slope = ((e - e.mean()) * (h - h.mean())).sum() / (e - e.mean()).pow(2).sum()
-            labels = [1] * args.n + [0] * args.n
             print(f"{sigma:5.2f} {h.abs().mean():9.3f} {e.abs().mean():9.3f} {corr:6.2f} {slope:6.2f} "
                   f"{roc_auc_score(labels, ell.numpy()):6.3f} {roc_auc_score(labels, exact.numpy()):6.3f}")
 

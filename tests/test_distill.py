@@ -170,6 +170,41 @@ def test_runs_trained_together_need_the_same_settings(tmp_path, capsys):
     assert fresh.histories == together(MEMBERS[:2]).train([tmp_path / "c", tmp_path / "d"], progress=False)
 
 
+def head(fake) -> torch.Tensor:
+    return torch.cat([p.detach().reshape(-1) for p in fake.backbone.disc.parameters()])
+
+
+@pytest.mark.parametrize("method, use_gan, fitted", [
+    ("", True, True), ("", False, True),                  # Uni-Instruct reads the ratio, with or without the GAN
+    ("f_distill", False, True), ("sida", True, True),
+    ("sida", False, False), ("diff_instruct", True, False),   # no ratio, no GAN term: no discriminator
+])
+def test_the_discriminator_is_fitted_where_the_method_reads_it(tmp_path, method, use_gan, fitted):
+    """The head is fitted when the method reads the ratio or adds the GAN term: without the GAN term Uni-Instruct
+    must still learn r (a ratio from an untrained head would weight the samples at random)."""
+    d = distiller(replace(TINY, iterations=4, method=method, use_gan=use_gan))
+    before = head(d.fake)
+    d.train(tmp_path, progress=False)
+    assert (not torch.equal(head(d.fake), before)) == fitted
+    assert ("discriminator" in d.history[0]) == fitted
+
+
+def test_members_fit_the_head_only_where_their_method_needs_it(tmp_path):
+    """Prior methods trained together, some with a discriminator and some without, end where they would alone."""
+    cfgs = [replace(TINY, batch=64, method="diff_instruct", seed=0), replace(TINY, batch=64, method="sida", seed=1),
+            replace(TINY, batch=64, method="f_distill", seed=2)]
+    batch = together(cfgs)
+    histories = batch.train([tmp_path / f"m{r}" for r in range(len(cfgs))], progress=False)
+    for r, cfg in enumerate(cfgs):
+        alone = distiller(cfg)
+        alone.train(tmp_path / f"alone{r}", progress=False)
+        mine = checkpoint.load(tmp_path / f"m{r}" / "checkpoint.pt")
+        assert all(torch.equal(mine["fake"][k], v) for k, v in alone.fake.state_dict().items()), r
+        assert histories[r] == alone.history
+    with pytest.raises(ValueError, match="clip the fake score's gradients or none"):
+        together([replace(c, use_gan=False) for c in cfgs[::2]])
+
+
 def test_a_non_finite_member_is_named(tmp_path, monkeypatch):
     original = Distiller._member_generator_loss
 

@@ -59,6 +59,7 @@ class Method:
     normalises: Callable[[Mapping[str, Any]], bool] = _normalises   # options -> whether the core normalises itself
     warmup_options: Mapping[str, Any] = field(default_factory=dict)  # core options of the released code's SIM
                                                                       # warm-up phase; empty: no such phase
+    reads_ratio: bool = False                # the core reads PathBatch.log_ratio (a trained discriminator)
 
     def with_options(self, **options: Any) -> "Method":
         """The same method with some core options changed (unknown options raise ValueError)."""
@@ -67,6 +68,12 @@ class Method:
             raise ValueError(f"method {self.name!r} has no option {unknown[0]!r}; options: "
                              f"{', '.join(self.options) or 'none'}")
         return replace(self, options={**self.options, **options})
+
+    def trains_discriminator(self, use_gan: bool) -> bool:
+        """Whether a trainer fits the discriminator head for this method: when its core reads the ratio, with or
+        without the GAN term (as the released code's "Forward-Clean": the GAN term off, the ratio still learned),
+        and when ``use_gan`` adds its GAN term."""
+        return self.reads_ratio or (use_gan and "gan" in self.extras)
 
     @property
     def has_sim_warmup(self) -> bool:

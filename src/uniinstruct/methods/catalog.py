@@ -187,7 +187,8 @@ def catalog() -> list[Method]:
     if [r["key"] for r in rows] != list(_SPECS):
         raise RuntimeError("paper_data/unification_table.csv and the method specs disagree")
     return [_row(r, citation=_CITATIONS[r["key"]], core=_SPECS[r["key"]][0], extras=_SPECS[r["key"]][1],
-                 options=_SPECS[r["key"]][2], note=_SPECS[r["key"]][3], sigma_power=_SIGMA_POWER[_SPECS[r["key"]][0]])
+                 options=_SPECS[r["key"]][2], note=_SPECS[r["key"]][3], sigma_power=_SIGMA_POWER[_SPECS[r["key"]][0]],
+                 reads_ratio=_SPECS[r["key"]][0] is f_distill)
             for r in rows]
 
 
@@ -199,4 +200,4 @@ def uni_instruct_method() -> Method:
                 options={"divergence": "fkl", "estimator": "exact", "ratio": "logit", "ratio_clip": (0.1, 20.0),
                          "ratio_n_dims": 3072},
                 sigma_power=4, normalises=lambda options: options["estimator"] == "official",
-                warmup_options={"divergence": "rkl"})
+                warmup_options={"divergence": "rkl"}, reads_ratio=True)

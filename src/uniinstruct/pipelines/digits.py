@@ -253,11 +253,10 @@ def sample_stage(cfg: DigitsConfig, params: dict, teacher_dir: Path, runs_dir: P
     out_dir.mkdir(parents=True, exist_ok=True)
     latents = torch.randn(cfg.draws * cfg.n_samples, *data.shape, generator=torch.Generator().manual_seed(1))
     draws = latents.split(cfg.n_samples)
-    shares = [torch.cat(draws[i::workers]) for i in range(min(workers, len(draws)))]
-    done = parallel.starmap(heun_draws, [(cfg, teacher_dir, share) for share in shares], workers, progress,
-                            "teacher Heun draws")
-    parts = [part.split(cfg.n_samples) for part in done]      # back in draw order: draw k is parts[k % w][k // w]
-    heun = torch.cat([parts[k % len(parts)][k // len(parts)] for k in range(len(draws))])
+    per = -(-len(draws) // workers)                            # consecutive draws per process
+    shares = [torch.cat(draws[i:i + per]) for i in range(0, len(draws), per)]
+    heun = torch.cat(parallel.starmap(heun_draws, [(cfg, teacher_dir, share) for share in shares], workers,
+                                      progress, "teacher Heun draws"))
     sets = [("teacher-heun", heun, {"nfe": heun_nfe(cfg.heun_steps), "iteration": None})]
     runs = sorted(p for p in runs_dir.iterdir() if (p / "run.json").exists()) if runs_dir.is_dir() else []
     for run_dir in tqdm(runs, desc="one-step samples", disable=not progress):

@@ -62,7 +62,8 @@ class DistillConfig:
     ratio: str = "logit"               # logit: r = exp(ℓ) per sample; released: the released code's batch-level ratio
     ratio_clip: list[float] = field(default_factory=lambda: [0.1, 20.0])   # clip of the per-sample ratio
     ratio_n_dims: int = 3072           # C·H·W in the released ratio's formula (3072 = CIFAR-10)
-    use_gan: bool = True               # GAN term for the generator and BCE for the discriminator head
+    use_gan: bool = True               # the GAN term in the generator's loss (the discriminator head is fitted
+                                       # when it is on, or when the method reads the ratio: Uni-Instruct, f-distill)
     iterations: int = 1500             # generator/fake-score iterations
     batch: int = 256                   # samples per iteration (over all processes)
     batch_gpu: int = 0                 # samples per forward pass and process (gradient accumulation); 0 = all at once
@@ -83,7 +84,7 @@ class DistillConfig:
     glr: float = 1e-3                  # generator learning rate
     betas: list[float] = field(default_factory=lambda: [0.0, 0.999])   # Adam betas (both optimisers)
     adam_eps: float = 1e-8
-    grad_clip: float = 1.0             # clip-by-value of the fake score's gradients when use_gan
+    grad_clip: float = 1.0             # clip-by-value of the fake score's gradients when the head is fitted
     ema_halflife_images: float = 20_000.0   # EMA of the generator, half-life in images
     ema_rampup: float = 0.05           # EMA half-life ramps up as this fraction of the images seen
     seed: int = 0
@@ -187,6 +188,9 @@ def check_members(members: list[DistillConfig]) -> None:
                          f"these differ: {', '.join(differ)}")
     if len({method_of(m).has_sim_warmup for m in members}) > 1:
         raise ValueError("runs trained together are all prior methods or all Uni-Instruct (their warm-ups differ)")
+    if len({m.use_gan or method_of(m).trains_discriminator(m.use_gan) for m in members}) > 1:
+        raise ValueError("runs trained together all clip the fake score's gradients or none: without the GAN term, "
+                         "methods that read the ratio (which fit the discriminator) and methods that do not train apart")
     if len(members) > 1 and (ddp.world()[1] > 1 or members[0].batch_gpu):
         raise ValueError("several runs train together in one process and on whole batches (no torchrun, batch_gpu 0)")
 
@@ -224,6 +228,11 @@ class Distiller:
         self.methods = [method_of(m) for m in self.members]
         # the members' methods in the SIM warm-up phase (the methods themselves when they have none)
         self.warmup_methods = [m.sim_warmup() if m.has_sim_warmup else m for m in self.methods]
+        # the members that fit the discriminator head (their method reads the ratio, or adds the GAN term); the fake
+        # score's gradients are clipped by value when the run uses the GAN or fits the head (the released code's rule)
+        self.disc_members = torch.tensor([m.trains_discriminator(c.use_gan) for m, c in zip(self.methods,
+                                                                                            self.members)])
+        self.clip_fake = cfg.use_gan or bool(self.disc_members.any())
         self.iteration, self.cur_nimg, self.histories = 0, 0, [[] for _ in self.members]
         self.resumed_from = 0          # the iteration the last call of train() started at
         self._shape = tuple(sample_real(1, torch.Generator().manual_seed(0))[0].shape[1:])
@@ -303,15 +312,16 @@ class Distiller:
             loss_score = self._per_member(losses.denoising_loss(y_fake, x_g, sigma_r, self.sigma_data))
             loss = cfg.ls * loss_score
             terms = {"fake_score": loss_score}
-            if cfg.use_gan:
+            if self.disc_members.any():
                 _, logit_real = self.net(self.fake, x_real_r + noise_r, sigma_r, c_real_r, return_logits=True)
                 terms["discriminator"] = self._per_member(losses.edm_weight(sigma_r, self.sigma_data)
                                                           * losses.discriminator_loss(logit_real, logit_fake))
-                loss = loss + cfg.lsd * terms["discriminator"]
-            self._accumulate(loss, logs, [{k: v[r] for k, v in terms.items()} for r in range(len(self.members))],
-                             "fake-score loss")
+                loss = loss + cfg.lsd * terms["discriminator"] * self.disc_members.to(loss)
+            self._accumulate(loss, logs, [{k: v[r] for k, v in terms.items()
+                                           if k != "discriminator" or self.disc_members[r]}
+                                          for r in range(len(self.members))], "fake-score loss")
         self._reduce_gradients(self.fake)
-        if cfg.use_gan:
+        if self.clip_fake:
             nn.utils.clip_grad_value_(self.fake.parameters(), cfg.grad_clip)
         self.opt_fake.step()
         return logs
