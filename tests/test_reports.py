@@ -273,3 +273,49 @@ def test_digits_rows_say_whether_the_tier_is_class_conditional(tmp_path):
         for table in (reports.status_table(tmp_path, TOY, digits), reports.teacher_vs_student(tmp_path, TOY, digits)):
             cells = set(table[table.dataset.str.startswith("digits")].dataset)
             assert cells == {name}
+
+
+def _digits_frame() -> "pd.DataFrame":
+    import pandas as pd
+
+    row = lambda **kw: {"method": "", "estimator": "exact", "nfe": 1, "status": "ok", **kw}   # noqa: E731
+    return pd.DataFrame([
+        row(run="real-subset", kind="data", divergence="", estimator="", gan="", nfe=0, classifier_fd=0.5,
+            classifier_fd_half=0.25, classifier_fd_draws=[0.4, 0.5, 0.6]),
+        row(run="teacher-heun", kind="teacher", divergence="", estimator="", gan="", nfe=35, classifier_fd=0.8,
+            classifier_fd_half=0.25, classifier_fd_draws=[0.7, 0.8, 0.9]),
+        row(run="ui-jkl-s1", kind="uni-instruct", divergence="jkl", gan="yes", classifier_fd=0.9,
+            classifier_fd_draws=[0.9]),
+        row(run="ui-jkl-s2", kind="uni-instruct", divergence="jkl", gan="yes", classifier_fd=1.1,
+            classifier_fd_draws=[1.1]),
+        row(run="ui-jkl-nogan-s1", kind="uni-instruct", divergence="jkl", gan="no", classifier_fd=1.6,
+            classifier_fd_draws=[1.6]),
+        row(run="ui-jkl-nogan-s2", kind="uni-instruct", divergence="jkl", gan="no", classifier_fd=2.2,
+            classifier_fd_draws=[2.2]),
+    ])
+
+
+def test_digits_summary_intervals_by_hand():
+    """A setting with seeds gets the Student-t interval over them, a single run the one over its draws, and the GAN
+    effect the Welch difference; each computed here from its textbook formula."""
+    from uniinstruct.reports import digits
+
+    frame = _digits_frame()
+    table = digits.summary_table(frame).set_index("model")
+    t95 = lambda n: stats.t.ppf(0.975, n - 1)                                       # noqa: E731
+    on = table[table.GAN == "yes"].loc["Uni-Instruct JKL"]
+    assert on["interval over"] == "seeds" and on["mean"] == pytest.approx(1.0)
+    assert on["95% half-width"] == pytest.approx(t95(2) * np.std([0.9, 1.1], ddof=1) / np.sqrt(2))
+    teacher = table.loc["teacher"]
+    assert teacher["interval over"] == "draws"
+    assert teacher["95% half-width"] == pytest.approx(t95(3) * 0.1 / np.sqrt(3))
+    a, b = np.array([0.9, 1.1]), np.array([1.6, 2.2])
+    va, vb = a.var(ddof=1) / 2, b.var(ddof=1) / 2
+    dof = (va + vb) ** 2 / (va**2 + vb**2)                                           # Welch–Satterthwaite, n = 2
+    half = stats.t.ppf(0.975, dof) * np.sqrt(va + vb)
+    effect = digits.gan_effect(frame[frame.kind == "uni-instruct"])["jkl"]
+    assert effect["difference"] == pytest.approx(-0.9)
+    assert (effect["low"], effect["high"]) == pytest.approx((-0.9 - half, -0.9 + half))
+    summary = digits.summary(frame, digits.summary_table(frame), 0.97)
+    assert summary["best_setting"] == "Uni-Instruct JKL, GAN yes" and summary["best_student_classifier_fd"] == 0.9
+    assert summary["teacher_classifier_fd"] == 0.8 and summary["real_subset_classifier_fd"] == 0.5

@@ -195,10 +195,10 @@ def cmd_digits_teacher(args: argparse.Namespace) -> int:
 
 
 def cmd_digits_classifier(args: argparse.Namespace) -> int:
-    from uniinstruct.pipelines import digits_evaluate
+    from uniinstruct.pipelines import digits
 
     cfg, params = _digits(args)
-    print(json.dumps(digits_evaluate.classifier_stage(cfg, params, Path(args.classifier_dir), not args.quiet),
+    print(json.dumps(digits.classifier_stage(cfg, params, Path(args.classifier_dir), not args.quiet),
                      indent=2))
     return 0
 

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from uniinstruct import divergences, losses, parallel, provenance
 from uniinstruct.config import positive, valid_names
-from uniinstruct.images.classifier import ClassifierConfig
+from uniinstruct.images.classifier import ClassifierConfig, train_classifier
 from uniinstruct.images.data import ImageDataset, index_sampler, load, one_hot, save_grid
 from uniinstruct.networks import EDMPrecond, UNet, parameter_count
 from uniinstruct.sampling import heun_nfe, heun_sampler, one_step_sample
@@ -160,6 +160,19 @@ class _with_labels(torch.nn.Module):
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         return self.net(x, sigma, self.labels[:len(x)])
+
+
+# ---------------------------------------------------------------------------- classifier stage
+def classifier_stage(cfg: DigitsConfig, params: dict, out_dir: Path, progress: bool = True) -> dict:
+    """The feature classifier of the classifier FD (``classifier.pt``) and its test accuracy (``classifier.json``)."""
+    started = time.perf_counter()
+    data = load_dataset(cfg)
+    net, info = train_classifier(data, cfg.classifier, progress)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint.save_atomic(net.state_dict(), out_dir / "classifier.pt")
+    record = {"dataset": cfg.dataset, "config": asdict(cfg.classifier), **info}
+    provenance.write_json(out_dir / "classifier.json", {**record, "provenance": provenance.record(params, started)})
+    return record
 
 
 # ---------------------------------------------------------------------------- distill stage

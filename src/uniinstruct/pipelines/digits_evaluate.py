@@ -1,4 +1,5 @@
-"""The image tier's scoring stages: the feature classifier, then FID and classifier FD of every sample set.
+"""The image tier's scoring stage: FID and classifier FD of every sample set (with the feature classifier that
+``digits.classifier_stage`` trained).
 
 Every set (the teacher's Heun samples, each run's one-step samples) is compared with the real images, and so is
 a subset of real images (``real-subset``, as many as a model's samples), whose scores are the floor that sampling
@@ -24,27 +25,16 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 
 from uniinstruct import kinds, provenance, tables
 from uniinstruct.images import fid
-from uniinstruct.images.classifier import Classifier, classifier_features, train_classifier
+from uniinstruct.images.classifier import Classifier, classifier_features
 from uniinstruct.images.data import to_uint8
 from uniinstruct.pipelines.digits import DigitsConfig, load_dataset
+from uniinstruct.reports import digits as digits_reports
 from uniinstruct.training import checkpoint
-
-
-def classifier_stage(cfg: DigitsConfig, params: dict, out_dir: Path, progress: bool = True) -> dict:
-    started = time.perf_counter()
-    data = load_dataset(cfg)
-    net, info = train_classifier(data, cfg.classifier, progress)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    checkpoint.save_atomic(net.state_dict(), out_dir / "classifier.pt")
-    record = {"dataset": cfg.dataset, "config": asdict(cfg.classifier), **info}
-    provenance.write_json(out_dir / "classifier.json", {**record, "provenance": provenance.record(params, started)})
-    return record
 
 
 def load_classifier(cfg: DigitsConfig, classifier_dir: Path) -> Classifier:
@@ -112,7 +102,7 @@ def evaluate_stage(cfg: DigitsConfig, params: dict, classifier_dir: Path, runs_d
         mean, half = tables.mean_interval(fds)
         rows.append({"run": name, **info, "fid_images": n_fid,
                      "fid": fid.frechet_distance(feats, real_inception) if n_fid else None,
-                     "classifier_fd": mean, "classifier_fd_half": _number(half),
+                     "classifier_fd": mean, "classifier_fd_half": digits_reports.number(half),
                      "classifier_fd_draws": fds, "classifier_images": len(draws[0]), "draws": len(draws),
                      **class_balance(clf, x)})
         if info["kind"] in kinds.STUDENT_KINDS:
@@ -124,10 +114,10 @@ def evaluate_stage(cfg: DigitsConfig, params: dict, classifier_dir: Path, runs_d
         (figures / f"{name}.png").write_bytes(path.with_suffix(".png").read_bytes())
     frame = pd.DataFrame(rows)
     _figures(frame, pd.DataFrame(curves), sets, figures)
-    tables.write_table(_table(frame), out_dir / "table",
+    tables.write_table(digits_reports.run_table(frame), out_dir / "table",
                        f"{cfg.dataset}: one-step students vs the teacher's Heun sampler"
                        + (f" (FID on {n_fid} images)" if n_fid else ""), f"tab:{cfg.dataset}")
-    settings = summary_table(frame[frame.status == "ok"])   # a diverged run has samples but no setting's interval
+    settings = digits_reports.summary_table(frame[frame.status == "ok"])   # a diverged run: samples, no interval
     tables.write_table(settings.drop(columns="kind"), out_dir / "summary",
                        f"{cfg.dataset}: classifier FD of each setting (mean ± 95% interval over its seeds, each the "
                        f"mean of {cfg.draws} draws of {cfg.n_samples} samples; over the draws for the teacher and the "
@@ -140,28 +130,10 @@ def evaluate_stage(cfg: DigitsConfig, params: dict, classifier_dir: Path, runs_d
                             if n_fid else "not computed (digits.fid.num_images: 0)"}
     provenance.write_json(out_dir / "metrics.json",
                           {"rows": rows, **meta, "provenance": provenance.record(params, started)})
-    students, teacher, real = (frame[frame.kind.isin(kinds.STUDENT_KINDS)], frame[frame.kind == "teacher"].iloc[0],
-                               frame[frame.kind == "data"].iloc[0])
-    scored = students[students.status == "ok"]
-    settings = settings[settings.kind.isin(kinds.STUDENT_KINDS)]
-    best = settings.loc[settings["mean"].idxmin()] if len(settings) else None
     summary = {"draws": cfg.draws, "images_per_draw": cfg.n_samples,
-               "teacher_classifier_fd": float(teacher.classifier_fd),
-               "teacher_half_width": _number(teacher.classifier_fd_half),
-               "real_subset_classifier_fd": float(real.classifier_fd),
-               "real_subset_half_width": _number(real.classifier_fd_half),
-               "best_student_classifier_fd": float(students.classifier_fd.min()) if len(students) else None,
-               "best_setting": f"{best.model}, GAN {best.GAN}" if best is not None else None,
-               "best_setting_classifier_fd": float(best["mean"]) if best is not None else None,
-               "best_setting_half_width": (None if best is None or best["95% half-width"] == ""
-                                           else float(best["95% half-width"])),
-               "classifier_test_accuracy": clf_info["test_accuracy"]}
-    summary["best_setting_minus_teacher"] = best["minus teacher (95%)"] if best is not None else None
-    summary["gan_effect"] = gan_effect(scored)
+               **digits_reports.summary(frame, settings, clf_info["test_accuracy"])}
     if n_fid:
-        summary.update({"teacher_fid": float(teacher.fid), "real_subset_fid": float(real.fid),
-                        "best_student_fid": float(students.fid.min()) if len(students) else None,
-                        "inception_sha256": weights.sha256})
+        summary.update(digits_reports.fid_summary(frame, weights.sha256))
     provenance.write_json(metrics_path, summary)
     return rows
 
@@ -196,77 +168,3 @@ def _figures(frame: pd.DataFrame, curves: pd.DataFrame, sets: list[tuple[str, Pa
     fig.tight_layout()
     fig.savefig(out / "curves.png", dpi=100)
     plt.close(fig)
-
-
-def _minus(scores, teacher_scores) -> str:
-    """The difference of the mean scores and its 95% Welch interval, as ``+d [low, high]``."""
-    diff, low, high = tables.welch_interval(scores, teacher_scores)
-    return f"{diff:+.2f}" + ("" if np.isnan(low) else f" [{low:+.2f}, {high:+.2f}]")
-
-
-def _number(value) -> float | None:
-    return None if value is None or np.isnan(value) else float(value)
-
-
-def _setting_name(kind: str, method: str, divergence: str) -> str:
-    """The summary's name of a setting: a prior method by its ``method`` field (:mod:`kinds`)."""
-    return {"data": "real images (floor)", "teacher": "teacher", "method": method,
-            "uni-instruct": f"Uni-Instruct {divergence.upper()}"}[kind]
-
-
-def _scores(group: pd.DataFrame) -> tuple[list[float], str]:
-    """What a setting's interval is over: its seeds (each run's mean over draws), or a single run's draws."""
-    if len(group) > 1:
-        return list(group.classifier_fd), "seeds"
-    return list(group.classifier_fd_draws.iloc[0]), "draws"
-
-
-def summary_table(frame: pd.DataFrame) -> pd.DataFrame:
-    """One row per setting (kind, method, divergence, estimator, GAN): the classifier FD as mean ± 95% interval —
-    over the setting's seeds (each seed's score the mean over its latent draws), or over the draws of a setting with
-    one run (the teacher, the floor) —, its seeds, its best and worst run, and each student setting minus the teacher
-    (the difference of means with its 95% Welch interval: the student's seeds against the teacher's draws). Its
-    ``kind`` column (:mod:`kinds`) is for selecting rows, not for display."""
-    teacher = frame[frame.kind == "teacher"]
-    teacher_scores = _scores(teacher)[0] if len(teacher) else []
-    rows = []
-    for (kind, method, divergence, estimator, gan), group in frame.groupby(
-            ["kind", "method", "divergence", "estimator", "gan"], sort=False):
-        scores, over = _scores(group)
-        mean, half = tables.mean_interval(scores)
-        vs = _minus(scores, teacher_scores) if kind in kinds.STUDENT_KINDS and teacher_scores else ""
-        rows.append({"kind": kind, "model": _setting_name(kind, method, divergence), "estimator": estimator, "GAN": gan,
-                     "NFE": int(group.nfe.iloc[0]), "seeds": len(group),
-                     "classifier FD": tables.format_interval(scores), "interval over": over, "mean": mean,
-                     "95% half-width": "" if np.isnan(half) else half, "best": float(group.classifier_fd.min()),
-                     "worst": float(group.classifier_fd.max()), "minus teacher (95%)": vs})
-    return pd.DataFrame(rows)
-
-
-def gan_effect(students: pd.DataFrame) -> dict[str, dict[str, float]]:
-    """For each divergence run with and without the GAN term: the difference of their mean classifier FDs (GAN on
-    minus off) and its 95% Welch interval over seeds."""
-    out = {}
-    for divergence, group in students[students.kind == "uni-instruct"].groupby("divergence"):
-        on, off = group[group.gan == "yes"].classifier_fd, group[group.gan == "no"].classifier_fd
-        if len(on) and len(off):
-            diff, low, high = tables.welch_interval(on, off)
-            out[divergence] = {"difference": diff, "low": None if np.isnan(low) else low,
-                               "high": None if np.isnan(high) else high, "seeds_on": len(on), "seeds_off": len(off)}
-    return out
-
-
-def _table(frame: pd.DataFrame) -> pd.DataFrame:
-    out = frame[["run", "divergence", "estimator", "gan", "seed", "nfe", "status", "fid", "fid_images",
-                 "classifier_fd", "classifier_fd_half", "draws", "classifier_images", "class_min_ratio",
-                 "confidence"]].copy()
-    out.columns = ["run", "divergence", "estimator", "GAN", "seed", "NFE", "status", "FID", "FID images",
-                   "classifier FD (mean of draws)", "95% half-width (draws)", "draws", "cFD images per draw",
-                   "rarest class ratio", "confidence"]
-    teacher = frame[frame.kind == "teacher"]
-    out.insert(out.columns.get_loc("95% half-width (draws)") + 1, "minus teacher (95%, draws)",
-               [_minus(draws, teacher.classifier_fd_draws.iloc[0]) if kind in kinds.STUDENT_KINDS and len(teacher)
-                else "" for kind, draws in zip(frame.kind, frame.classifier_fd_draws)])
-    if out["FID"].isna().all():
-        out = out.drop(columns=["FID", "FID images"])
-    return out      # unrounded: the Markdown and LaTeX writers round once (a value rounded twice can differ)

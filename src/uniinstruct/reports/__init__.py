@@ -6,13 +6,14 @@ copied there by ``uniinstruct paper fid``), ``results/toy/metrics.json`` and ``r
 have no run for says :data:`NOT_RUN`; nothing is ever filled with a placeholder number.
 
 Modules: ``common`` ("not run", labels, writing a report), ``paper`` (the paper tier's tables), ``cells`` (the
-CPU tiers' cells), ``tiers`` (the tables that also read the CPU tiers), ``unification`` and ``readme`` (the
-README's status section).
+CPU tiers' cells), ``tiers`` (the tables that also read the CPU tiers), ``digits`` (the digits tier's own tables),
+``unification`` and ``readme`` (the README's status section).
 """
 
 from uniinstruct.reports.cells import TOY_MEANS
 from uniinstruct.reports.common import (DIVERGENCE_LABELS, NOT_IN_PAPER, NOT_RUN, describe_hardware, label,
                                         without_sources, write_report)
+from uniinstruct.reports.digits import gan_effect, run_table, summary_table
 from uniinstruct.reports.paper import (PAPER_TABLES, PROFILE_TABLES, PaperTable, paper_run_files, paper_runs,
                                        paper_table_intro, paper_table_report, paper_table_summary, result_table,
                                        run_status)
@@ -24,7 +25,7 @@ from uniinstruct.reports.unification import (UNIFICATION_CAPTION, unification_ma
 
 __all__ = ["DIVERGENCE_LABELS", "NOT_IN_PAPER", "NOT_RUN", "PAPER_TABLES", "PROFILE_TABLES", "README_BEGIN",
            "README_END", "TIER_TABLES", "TOY_MEANS", "UNIFICATION_CAPTION", "PaperTable", "TierTable",
-           "describe_hardware", "divergence_ablation", "label", "paper_run_files", "paper_runs", "paper_table_intro",
-           "paper_table_report", "paper_table_summary", "result_table", "run_status", "splice_readme", "status_table",
-           "teacher_vs_student", "tier_table_report", "unification_markdown", "unification_report",
-           "unification_table", "without_sources", "write_report"]
+           "describe_hardware", "divergence_ablation", "gan_effect", "label", "paper_run_files", "paper_runs",
+           "paper_table_intro", "paper_table_report", "paper_table_summary", "result_table", "run_status",
+           "run_table", "splice_readme", "status_table", "summary_table", "teacher_vs_student", "tier_table_report",
+           "unification_markdown", "unification_report", "unification_table", "without_sources", "write_report"]
