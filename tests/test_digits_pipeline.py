@@ -416,7 +416,7 @@ def test_summary_table_gives_each_setting_its_interval_over_seeds():
     A prior method's setting is named by its ``method`` field."""
     import pandas as pd
 
-    from uniinstruct.pipelines.digits_evaluate import summary_table
+    from uniinstruct.reports.digits import summary_table
 
     base = {"method": "", "estimator": "", "gan": "", "nfe": 0}
     ui = {"kind": "uni-instruct", "method": "", "divergence": "fkl", "estimator": "exact", "nfe": 1}
@@ -445,7 +445,7 @@ def test_summary_table_takes_one_runs_interval_over_its_draws_and_compares_stude
     4.302652729911275, so 1.5 ± 3.04 (by hand)."""
     import pandas as pd
 
-    from uniinstruct.pipelines.digits_evaluate import summary_table
+    from uniinstruct.reports.digits import summary_table
 
     base = {"method": "", "estimator": "", "gan": "", "divergence": ""}
     frame = pd.DataFrame([{**base, "kind": "teacher", "nfe": 35, "classifier_fd": 2.0,

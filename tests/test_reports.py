@@ -295,27 +295,45 @@ def _digits_frame() -> "pd.DataFrame":
     ])
 
 
-def test_digits_summary_intervals_by_hand():
-    """A setting with seeds gets the Student-t interval over them, a single run the one over its draws, and the GAN
-    effect the Welch difference; each computed here from its textbook formula."""
+def test_digits_gan_effect_and_summary_by_hand():
+    """The GAN on − off difference is Welch's interval, computed here from its textbook formula (the settings'
+    intervals: tests/test_digits_pipeline.py), and the DVC summary names the best setting."""
     from uniinstruct.reports import digits
 
     frame = _digits_frame()
-    table = digits.summary_table(frame).set_index("model")
-    t95 = lambda n: stats.t.ppf(0.975, n - 1)                                       # noqa: E731
-    on = table[table.GAN == "yes"].loc["Uni-Instruct JKL"]
-    assert on["interval over"] == "seeds" and on["mean"] == pytest.approx(1.0)
-    assert on["95% half-width"] == pytest.approx(t95(2) * np.std([0.9, 1.1], ddof=1) / np.sqrt(2))
-    teacher = table.loc["teacher"]
-    assert teacher["interval over"] == "draws"
-    assert teacher["95% half-width"] == pytest.approx(t95(3) * 0.1 / np.sqrt(3))
     a, b = np.array([0.9, 1.1]), np.array([1.6, 2.2])
     va, vb = a.var(ddof=1) / 2, b.var(ddof=1) / 2
     dof = (va + vb) ** 2 / (va**2 + vb**2)                                           # Welch–Satterthwaite, n = 2
     half = stats.t.ppf(0.975, dof) * np.sqrt(va + vb)
     effect = digits.gan_effect(frame[frame.kind == "uni-instruct"])["jkl"]
-    assert effect["difference"] == pytest.approx(-0.9)
+    assert effect["difference"] == pytest.approx(-0.9) and (effect["seeds_on"], effect["seeds_off"]) == (2, 2)
     assert (effect["low"], effect["high"]) == pytest.approx((-0.9 - half, -0.9 + half))
     summary = digits.summary(frame, digits.summary_table(frame), 0.97)
     assert summary["best_setting"] == "Uni-Instruct JKL, GAN yes" and summary["best_student_classifier_fd"] == 0.9
+    assert summary["best_setting_classifier_fd"] == pytest.approx(1.0) and summary["classifier_test_accuracy"] == 0.97
     assert summary["teacher_classifier_fd"] == 0.8 and summary["real_subset_classifier_fd"] == 0.5
+
+
+def test_toy_tables_from_the_committed_metrics():
+    """The toy ablation table has one row per setting with the interval over its seeds, and the GAN on − off
+    observation is the Welch interval of the two settings' off-mode masses, computed here with scipy."""
+    from uniinstruct.config import load_section
+    from uniinstruct.pipelines.toy import ToyConfig
+    from uniinstruct.reports import toy
+
+    cfg = load_section(ToyConfig, "toy", ROOT / "params.yaml")
+    rows = json.loads((ROOT / "results" / "toy" / "metrics.json").read_text())["rows"]
+    df, wide = toy.ablation_frames(rows, cfg)
+    assert len(df) + len(wide) == len(rows) and set(wide.network) == {"128×4"}
+    table = toy.ablation_table(df, wide, cfg).set_index("run")
+    settings = {(r["kind"], r["divergence"], r["estimator"], r["method"], r["ratio"], r["gan"], r["network"],
+                 r.get("regression_steps"), r.get("teacher")) for r in rows}
+    assert len(table) == len(settings)
+    fkl = [r["off_mode"] for r in rows if r["run"].startswith("ui-fkl-exact-s")]
+    mean = np.mean(fkl)
+    half = stats.t.ppf(0.975, len(fkl) - 1) * np.std(fkl, ddof=1) / np.sqrt(len(fkl))
+    assert table.loc["fkl (exact)", "off-mode mass ↓"] == f"{mean:.3g} ± {half:.2g}"
+    fkl_off = [r["off_mode"] for r in rows if r["run"].startswith("ui-fkl-exact-nogan-s")]
+    low, high = stats.ttest_ind(fkl, fkl_off, equal_var=False).confidence_interval(0.95)
+    line = next(x for x in toy.observations(df, wide, cfg) if "GAN on vs off, fkl" in x)
+    assert f"difference {np.mean(fkl) - np.mean(fkl_off):+.3f}, 95% CI [{low:+.3f}, {high:+.3f}]" in line
