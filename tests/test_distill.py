@@ -63,6 +63,7 @@ def flat(module) -> torch.Tensor:
     ("warmup_sim_images", 10, "must be ≥ warmup_fake_images"),
     ("ratio_clip", [2.0, 1.0], "0 < lo < hi"),
     ("batch", 0, "must be > 0"),
+    ("fake_steps", 0, "must be > 0"),
 ])
 def test_config_errors_name_the_key(key, value, message):
     with pytest.raises(ConfigError, match=rf"distill\.{key}: .*{message}"):
@@ -107,6 +108,20 @@ def test_resume_in_process_equals_uninterrupted(tmp_path):
     for name in ("G", "G_ema", "fake"):
         assert torch.equal(flat(getattr(full, name)), flat(getattr(resumed, name))), name
     assert full.history == resumed.history and full.rng.get_state().equal(resumed.rng.get_state())
+
+
+def test_several_fake_steps_per_generator_step_resume_exactly(tmp_path):
+    """With two fake-score updates per generator update the fake score moves further per iteration (from the same
+    start and streams), and a run stopped at a checkpoint resumes to the uninterrupted one."""
+    two = replace(TINY, fake_steps=2)
+    full, one = distiller(two), distiller(TINY)
+    full.train(tmp_path / "full", progress=False), one.train(tmp_path / "one", progress=False)
+    assert not torch.equal(flat(full.fake), flat(one.fake)) and len(full.history) == len(one.history)
+    distiller(replace(two, iterations=13)).train(tmp_path / "part", progress=False)
+    resumed = distiller(two)
+    resumed.train(tmp_path / "part", progress=False)
+    assert resumed.resumed_from == 13 and torch.equal(flat(full.G_ema), flat(resumed.G_ema))
+    assert torch.equal(flat(full.fake), flat(resumed.fake)) and full.history == resumed.history
 
 
 def test_runs_trained_together_end_where_they_would_alone(tmp_path):

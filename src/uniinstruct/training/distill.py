@@ -80,6 +80,7 @@ class DistillConfig:
     lsd: float = 1.0                   # scale of the discriminator loss
     lsg: float = 100.0                 # scale of the generator's divergence loss
     lsg_gan: float = 0.01              # scale of the generator's GAN loss
+    fake_steps: int = 1                # fake-score (and discriminator) updates per generator update (released: 1)
     lr: float = 1e-3                   # fake score learning rate
     glr: float = 1e-3                  # generator learning rate
     betas: list[float] = field(default_factory=lambda: [0.0, 0.999])   # Adam betas (both optimisers)
@@ -100,7 +101,7 @@ class DistillConfig:
                             tmax=self.tmax, lr=self.lr, glr=self.glr, checkpoint_every=self.checkpoint_every,
                             log_every=self.log_every, ema_halflife_images=self.ema_halflife_images,
                             sigma_min=self.sigma_min, rho=self.rho, p_std=self.p_std, adam_eps=self.adam_eps,
-                            grad_clip=self.grad_clip, ratio_n_dims=self.ratio_n_dims)
+                            grad_clip=self.grad_clip, ratio_n_dims=self.ratio_n_dims, fake_steps=self.fake_steps)
         if not self.sigma_min < self.sigma_max:
             problems.append(("sigma_max", f"must be > sigma_min ({self.sigma_min}), got {self.sigma_max}"))
         if not self.tmax <= 1000:
@@ -431,6 +432,8 @@ class Distiller:
         torch.manual_seed((self.cfg.seed * 1_000_003 + self.iteration) * 1_009 + ddp.world()[0])
         phase = self.phase()
         head = {"iteration": self.iteration + 1, "images": self.cur_nimg + self.cfg.batch, "phase": phase}
+        for _ in range(self.cfg.fake_steps - 1):     # the earlier updates of several: only the last one is logged
+            self.fake_step()
         logs = [{**head, **fake} for fake in self.fake_step()]
         if phase != "fake_only":
             for member_logs, gen in zip(logs, self.generator_step(phase)):
