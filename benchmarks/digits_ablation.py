@@ -21,7 +21,7 @@ from uniinstruct.pipelines import digits, digits_evaluate
 from uniinstruct.pipelines.digits import DigitsConfig, DigitsMatrix
 from uniinstruct.training.distill import DistillConfig
 
-from digits_curve import parse_value
+from digits_curve import parse_overrides
 
 
 def main() -> None:
@@ -36,9 +36,7 @@ def main() -> None:
     parser.add_argument("--teacher-dir", default="results/digits/teacher")
     parser.add_argument("--classifier-dir", default="results/digits/classifier")
     args = parser.parse_args()
-    if any("=" not in item for item in args.set):
-        parser.error(f"--set expects KEY=VALUE items, got {args.set}")
-    overrides = {k: parse_value(v) for k, v in (item.split("=", 1) for item in args.set)}
+    overrides = parse_overrides(parser, args.set)
     try:
         cfg = load_section(DigitsConfig, "digits", args.params)
         distill = from_dict(DistillConfig, {**asdict(cfg.distill), **overrides}, "digits.distill")

@@ -43,6 +43,13 @@ def parse_value(text: str):
     return value
 
 
+def parse_overrides(parser: argparse.ArgumentParser, items: list[str]) -> dict:
+    """``--set KEY=VALUE …`` as a mapping of parsed values; an item without ``=`` is a usage error."""
+    if any("=" not in item for item in items):
+        parser.error(f"--set expects KEY=VALUE items, got {items}")
+    return {key: parse_value(value) for key, value in (item.split("=", 1) for item in items)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--iterations", type=int, default=2000)
@@ -56,9 +63,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     cfg = load_section(DigitsConfig, "digits")
-    if any("=" not in item for item in args.set):
-        parser.error(f"--set expects KEY=VALUE items, got {args.set}")
-    overrides = {k: parse_value(v) for k, v in (item.split("=", 1) for item in args.set)}
+    overrides = parse_overrides(parser, args.set)
     try:
         dcfg = from_dict(DistillConfig, {**asdict(cfg.distill), **overrides, "iterations": args.iterations},
                          "digits.distill")

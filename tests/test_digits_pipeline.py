@@ -3,7 +3,6 @@ the CLI stages and their outputs."""
 
 import copy
 import json
-import os
 import subprocess
 import sys
 from dataclasses import asdict, replace
@@ -21,11 +20,10 @@ from uniinstruct.networks import EDMPrecond, UNet
 from uniinstruct.pipelines.digits import DigitsConfig, real_sampler
 from uniinstruct.training import checkpoint
 from uniinstruct.training.distill import DistillConfig, Distiller
-from conftest import ROOT, volatile_keys
+from conftest import ROOT, run_cli, volatile_keys
 
 TINY = DistillConfig(batch=8, iterations=6, warmup_fake_images=16, warmup_sim_images=32, checkpoint_every=2,
                      log_every=1, lr=1e-3, glr=1e-3, ema_halflife_images=64.0)
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 @pytest.fixture(scope="module")
@@ -146,9 +144,9 @@ def test_two_gloo_processes_match_one_process(tmp_path):
     either way on float noise."""
     one, two = tmp_path / "one.pt", tmp_path / "two.pt"
     worker = str(ROOT / "tests" / "ddp_worker.py")
-    subprocess.run([sys.executable, worker, str(one)], check=True, env=ENV, capture_output=True)
+    subprocess.run([sys.executable, worker, str(one)], check=True, capture_output=True)
     run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                          worker, str(two)], env=ENV, capture_output=True, text=True)
+                          worker, str(two)], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr[-3000:]
     a, b = torch.load(one, weights_only=True), torch.load(two, weights_only=True)
     assert (a["world"], b["world"]) == (1, 2)
@@ -200,10 +198,9 @@ def test_cli_stages_end_to_end(tmp_path, tiny_digits_params):
         return [a for f in uses[stage] for a in (f, str(tmp_path / folder[f]))] + [
             "--params", str(tiny_digits_params), "--quiet"]
 
-    cli = [sys.executable, "-m", "uniinstruct.cli", "digits"]
     for stage in (["teacher"], ["classifier"], ["distill", "--divergence", "rkl"],
                   ["distill", "--divergence", "js", "--estimator", "official"], ["sample"], ["evaluate"]):
-        run = subprocess.run(cli + stage + flags(stage[0]), env=ENV, capture_output=True, text=True, cwd=tmp_path)
+        run = run_cli("digits", *stage, *flags(stage[0]), cwd=tmp_path)
         assert run.returncode == 0, run.stderr[-3000:]
     teacher = provenance.read_json(tmp_path / "teacher" / "teacher.json")
     assert teacher["parameters"] > 0 and teacher["provenance"]["code_version"]["commit"]
@@ -269,9 +266,7 @@ def test_cli_stages_end_to_end(tmp_path, tiny_digits_params):
     for name in ("table.csv", "table.md", "table.tex", "summary.md", "curves.csv", "figures/teacher-heun.png",
                  "figures/ui-rkl-exact-s0.png", "figures/samples.png", "figures/curves.png"):
         assert (tmp_path / "out" / name).is_file(), name
-    bad = subprocess.run(cli + ["distill", "--divergence", "kl"] + flags("distill"), env=ENV, capture_output=True,
-                         text=True,
-                         cwd=tmp_path)
+    bad = run_cli("digits", "distill", "--divergence", "kl", *flags("distill"), cwd=tmp_path)
     assert bad.returncode == 2 and "unknown divergence 'kl'" in bad.stderr
     cfg = load_section(DigitsConfig, "digits", tiny_digits_params)     # fid.num_images 0: the same scores, no FID
     cfg.fid.num_images = 0

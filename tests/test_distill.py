@@ -1,6 +1,5 @@
 """The distillation loop: validation, determinism, exact resume (in process and after SIGKILL), NaN guard."""
 
-import os
 import signal
 import subprocess
 import sys
@@ -16,6 +15,7 @@ from uniinstruct.pipelines.toy import MixtureDenoiser, data_std, real_sampler
 from uniinstruct.toy.problems import benchmark
 from uniinstruct.training import checkpoint
 from uniinstruct.training.distill import DistillConfig, Distiller, generator_sigma, schedule_summary
+from conftest import run_cli
 
 TINY = DistillConfig(iterations=24, batch=32, warmup_fake_images=64, warmup_sim_images=128, checkpoint_every=8,
                      log_every=4, ema_halflife_images=256.0)
@@ -309,12 +309,12 @@ def test_sigkill_and_resume_through_the_cli(tmp_path, tiny_toy_params):
                              warmup_sim_images=1280)
     cli = [sys.executable, "-m", "uniinstruct.cli", "toy"]
     common = ["--params", str(params), "--teacher-dir", str(tmp_path / "teacher"), "--quiet"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run(cli + ["teacher"] + common, check=True, env=env, capture_output=True)
+    teacher = run_cli("toy", "teacher", *common)
+    assert teacher.returncode == 0, teacher.stderr[-2000:]
 
     def distill(runs, **kw):
         return subprocess.Popen(cli + ["distill", "--divergence", "js", "--runs-dir", str(tmp_path / runs)] + common,
-                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kw)
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kw)
 
     assert distill("uninterrupted").wait() == 0
     victim = distill("killed")

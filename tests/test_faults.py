@@ -194,8 +194,7 @@ def test_a_failure_in_one_process_stops_every_process(tmp_path, rank, where, kin
     value in one process's generator step, or a full disk when the first process saves, must end both processes
     promptly with the failing process's error, not leave the other waiting in its next collective (gloo's timeout is
     30 minutes; the test allows 120 s)."""
-    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "WORLD_SIZE": "2",
-           "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "WORLD_SIZE": "2"}
     worker = [sys.executable, str(ROOT / "tests" / "ddp_worker.py"), str(tmp_path / "run"), "--fail", f"{rank}:{where}"]
     procs = [subprocess.Popen(worker, env={**env, "RANK": str(r), "LOCAL_RANK": str(r)}, stderr=subprocess.PIPE,
                               text=True) for r in range(2)]
