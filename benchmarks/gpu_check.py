@@ -11,7 +11,8 @@ Checks, each recorded with its wall time (a failing check is recorded with its e
 - ``environment``: torch, CUDA, the GPU and its memory;
 - ``resume_with_dropout``: a DDPM++ run with dropout 0.13 (the CIFAR profiles') for 4 iterations against 2 + a resume
   from the checkpoint: the largest parameter difference (0 on CPU; on a GPU non-deterministic kernels may leave
-  round-off, which the figure shows);
+  round-off, which the figure shows); and one iteration in accumulation rounds of ``batch_gpu`` against one pass
+  over the batch: the relative difference of the gradients (the masks are keyed by sample: float round-off only);
 - ``precision``: one Uni-Instruct iteration of the CIFAR-10 DDPM++ in strict fp32, tf32 and bf16: s/iteration, peak GiB;
 - ``batch_fill``: the ImageNet-64 ADM in bf16 at 8, 32 and 64 images per pass: s/iteration, images/s, peak GiB
   (an out-of-memory answer is a result);
@@ -55,7 +56,8 @@ def resume_with_dropout(device: str, tiny: bool) -> dict:
     shape = (3, 32, 32)
     real = lambda n, gen: (torch.rand(n, *shape, generator=gen) * 2 - 1, None)     # noqa: E731
     torch.manual_seed(0)
-    teacher = ddpmpp_cifar10(label_dim=0, model_channels=channels, dropout=0.13).eval().requires_grad_(False)
+    teacher = ddpmpp_cifar10(label_dim=0, model_channels=channels, dropout=0.13,
+                             **({"channel_mult": [1, 2], "num_blocks": 1} if tiny else {})).eval().requires_grad_(False)
     cfg = DistillConfig(batch=4 if tiny else 32, iterations=4, checkpoint_every=2, warmup_fake_images=0,
                         warmup_sim_images=0, device=device, ratio_n_dims=3072)
 
@@ -70,7 +72,17 @@ def resume_with_dropout(device: str, tiny: bool) -> dict:
         run(Path(tmp) / "part", 2)
         resumed = run(Path(tmp) / "part", 4)
         diff = max((a - b).abs().max().item() for a, b in zip(whole.G.parameters(), resumed.G.parameters()))
-    return {"max_parameter_difference": diff, "model_channels": channels}
+    passes = []
+    for batch_gpu in (0, cfg.batch // 2):
+        d = Distiller(replace(cfg, batch_gpu=batch_gpu), teacher, copy.deepcopy(teacher).train().requires_grad_(True),
+                      copy.deepcopy(teacher).train().requires_grad_(True), real, 0.5)
+        d.step()
+        passes.append({key: torch.cat([p.grad.reshape(-1).double() for p in net.parameters() if p.grad is not None])
+                       for key, net in (("generator", d.G), ("fake", d.fake))})
+    accumulation = {key: ((passes[1][key] - passes[0][key]).norm() / passes[0][key].norm()).item()
+                    for key in passes[0]}
+    return {"max_parameter_difference": diff, "accumulation_relative_gradient_difference": accumulation,
+            "model_channels": channels}
 
 
 def precision(device: str, tiny: bool) -> dict:

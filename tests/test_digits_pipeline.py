@@ -135,18 +135,24 @@ def test_nan_guard_keeps_the_last_checkpoint(tmp_path, data):
 
 
 @pytest.mark.slow
-def test_two_gloo_processes_match_one_process(tmp_path):
+@pytest.mark.parametrize("network", ["digits", "ddpmpp"])
+def test_two_gloo_processes_match_one_process(tmp_path, network):
     """Data parallelism: 2 processes × 4 samples give the gradients of 1 process × 8 samples (fake score and
-    generator, one full iteration of a class-conditional run with the GAN term).
+    generator, one full iteration with the GAN term): the digits UNet, class-conditional, and a small DDPM++ with the
+    CIFAR-10 profiles' dropout 0.13 (its masks keyed by sample: each process draws its rows' masks of the whole batch).
 
-    Tolerance: float32 sums in another order differ by ~1e-6 relative. Weights are not compared: Adam's first
-    step is lr·sign(g), so weights whose exact gradient is zero (a bias before a one-channel GroupNorm) move
-    either way on float noise."""
+    Tolerance: float32 sums in another order differ by ~1e-6 relative (DDPM++: 1.3e-6 and 6e-7 in norm; with torch's
+    own dropout, as before the masks were keyed, 0.12 and 1.04). The largest entry's difference is compared with the
+    largest unclipped gradient (the fake score's gradients are clipped by value at ``grad_clip`` 1, and 20% of the
+    DDPM++'s sit at it): 1e-5 of it for the digits UNet, 5e-5 for the DDPM++, whose 32×32 convolutions sum more
+    terms (measured 1.9e-5: an entry of 0.556). Weights are not compared: Adam's first step is lr·sign(g), so
+    weights whose exact gradient is zero (a bias before a one-channel GroupNorm) move either way on float noise."""
     one, two = tmp_path / "one.pt", tmp_path / "two.pt"
     worker = str(ROOT / "tests" / "ddp_worker.py")
-    subprocess.run([sys.executable, worker, str(one)], check=True, capture_output=True)
+    flag = ["--ddpmpp"] if network == "ddpmpp" else []
+    subprocess.run([sys.executable, worker, str(one), *flag], check=True, capture_output=True)
     run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                          worker, str(two)], capture_output=True, text=True)
+                          worker, str(two), *flag], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr[-3000:]
     a, b = torch.load(one, weights_only=True), torch.load(two, weights_only=True)
     assert (a["world"], b["world"]) == (1, 2)
@@ -155,7 +161,8 @@ def test_two_gloo_processes_match_one_process(tmp_path):
         ga = torch.cat([a[key][n].reshape(-1).double() for n in a[key]])
         gb = torch.cat([b[key][n].reshape(-1).double() for n in a[key]])
         assert (gb - ga).norm() <= 1e-5 * ga.norm(), key
-        assert (gb - ga).abs().max() <= 1e-5 * ga.abs().max(), key
+        unclipped = ga.abs()[ga.abs() < 1.0].max() if key == "grad_fake" else ga.abs().max()
+        assert (gb - ga).abs().max() <= (5e-5 if network == "ddpmpp" else 1e-5) * unclipped, key
     for la, lb in zip(a["logs"], b["logs"], strict=True):
         assert la.keys() == lb.keys()
         assert all(la[k] == (lb[k] if isinstance(la[k], str) else pytest.approx(lb[k], rel=1e-5)) for k in la)
@@ -357,10 +364,13 @@ def test_a_run_without_checkpoint_is_sampled_from_its_initial_weights(tmp_path, 
     torch.testing.assert_close(samples, teacher(s * z, torch.full((6,), s), labels))
 
 
-def test_gradient_accumulation_matches_one_pass(data):
-    """batch_gpu = 4 with batch 8 (two accumulation rounds) gives the gradients of one pass over the 8 samples."""
+@pytest.mark.parametrize("dropout", [0.0, 0.2])
+def test_gradient_accumulation_matches_one_pass(data, dropout):
+    """batch_gpu = 4 with batch 8 (two accumulation rounds) gives the gradients of one pass over the 8 samples, with
+    dropout too (each round draws its rows' masks of the whole batch)."""
     base = replace(TINY, warmup_fake_images=0, warmup_sim_images=0, divergence="jkl")
-    one, two = distiller(base, data, label_dim=10), distiller(replace(base, batch_gpu=4), data, label_dim=10)
+    one = distiller(base, data, label_dim=10, dropout=dropout)
+    two = distiller(replace(base, batch_gpu=4), data, label_dim=10, dropout=dropout)
     assert (one.rounds, two.rounds) == (1, 2)
     logs_one, logs_two = one.step()[0], two.step()[0]
     for a, b in [(one.fake, two.fake), (one.G, two.G)]:

@@ -5,6 +5,7 @@
 import hashlib
 import io
 import json
+import subprocess
 import sys
 import zipfile
 from dataclasses import asdict, replace
@@ -217,3 +218,22 @@ def test_augmentation_is_refused_until_implemented():
     params["profiles"][0]["augment_p"] = 0.12
     with pytest.raises(ConfigError, match=r"profiles\[0\]\.augment_p: EDM's augmentation pipeline is not implemented"):
         from_dict(paper.PaperConfig, params, "paper")
+
+
+@pytest.mark.slow
+def test_gpu_check_smoke_run_on_cpu(tmp_path):
+    """benchmarks/gpu_check.py --tiny on the CPU, the checks that run there in seconds (precision and batch_fill time
+    bf16 networks, slow on a CPU): resume with dropout exact, accumulation rounds with dropout equal to one pass up
+    to float32 round-off (1e-5 relative; measured ~1e-6), the fused attention accepted, a JSON with every figure."""
+    out = tmp_path / "gpu_check.json"
+    run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--tiny", "--device", "cpu",
+                          "--checks", "environment", "resume_with_dropout", "attention", "--out", str(out)],
+                         capture_output=True, text=True, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["environment"]["device"] == "cpu" and report["environment"]["tiny"]
+    dropout = report["resume_with_dropout"]
+    assert dropout["max_parameter_difference"] == 0.0
+    assert set(dropout["accumulation_relative_gradient_difference"]) == {"generator", "fake"}
+    assert all(d <= 1e-5 for d in dropout["accumulation_relative_gradient_difference"].values())
+    assert report["attention"]["MATH"] == "ok" and "FLASH_ATTENTION" in report["attention"]

@@ -34,6 +34,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from uniinstruct.networks.dropout import dropout as keyed_dropout
 from uniinstruct.networks.edm import edm_coefficients, positional_embedding, positional_frequencies
 
 
@@ -191,7 +192,7 @@ class UNetBlock(nn.Module):
             h = F.silu(torch.addcmul(shift, self.norm1(h), scale + 1))
         else:
             h = F.silu(self.norm1(h + cond))
-        h = self.conv1(F.dropout(h, p=self.dropout, training=self.training))
+        h = self.conv1(keyed_dropout(h, self.dropout, self.training))
         h = (h + (self.skip(x) if self.skip is not None else x)) * self.skip_scale
         if self.num_heads:
             h = (h + self._attend(h)) * self.skip_scale

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from uniinstruct.networks.dropout import dropout as keyed_dropout
 from uniinstruct.networks.edm import positional_embedding, positional_frequencies
 
 
@@ -63,7 +64,7 @@ class ResBlock(nn.Module):
         self.norm0, self.conv0 = _norm(in_channels), nn.Conv2d(in_channels, out_channels, 3, padding=1)
         self.affine = nn.Linear(emb_channels, 2 * out_channels)        # embedding -> (scale, shift)
         self.norm1, self.conv1 = _norm(out_channels), nn.Conv2d(out_channels, out_channels, 3, padding=1)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = dropout          # rate (keyed by sample inside networks.dropout.sample_keys)
         self.skip = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
         self.attn = SelfAttention(out_channels) if attention else nn.Identity()
         nn.init.zeros_(self.conv1.weight), nn.init.zeros_(self.conv1.bias)   # each block starts as its skip
@@ -72,7 +73,7 @@ class ResBlock(nn.Module):
         h = self.conv0(F.silu(self.norm0(x)))
         scale, shift = self.affine(emb)[:, :, None, None].chunk(2, dim=1)
         h = F.silu(torch.addcmul(shift, self.norm1(h), scale + 1))
-        h = self.conv1(self.dropout(h))
+        h = self.conv1(keyed_dropout(h, self.dropout, self.training))
         return self.attn(h + self.skip(x))
 
 

@@ -20,8 +20,11 @@ One Distiller may train several runs at once (*members*, one process): their net
 computation; rows of a batch are member-major), each member keeps its own seed and generator of random numbers, its
 divergence, estimator, method and ratio (``MEMBER_KEYS``), its losses (the loss backpropagated is the sum of the
 members' means, so each member's gradient is its own), its history and its own checkpoint, in the format of a run
-trained alone; Adam, the EMA and the gradient clip act elementwise. A member therefore ends where it would alone
-(for networks without dropout: the dropout stream is the first member's).
+trained alone; Adam, the EMA and the gradient clip act elementwise. A member therefore ends where it would alone.
+
+Dropout masks are keyed by sample (:mod:`uniinstruct.networks.dropout`): by the member's seed, the iteration, the
+fake-score sub-step, the network pass, and the row's index in its member's global batch. Resume, N processes and
+gradient accumulation therefore draw the masks of one uninterrupted process over the whole batch.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from tqdm.auto import tqdm
 
 from uniinstruct import divergences, losses, methods, provenance
 from uniinstruct.config import positive
+from uniinstruct.networks import dropout
 from uniinstruct.sampling import one_step_sample, rho_schedule
 from uniinstruct.training import checkpoint, ddp
 
@@ -52,6 +56,8 @@ PRECISIONS = {"fp32": (None, False), "tf32": (None, True), "bf16": (torch.bfloat
 RESUMABLE_CHANGES = {"iterations", "checkpoint_every", "log_every", "device"}   # may differ when resuming
 MEMBER_KEYS = {"divergence", "estimator", "method", "ratio", "seed"}   # may differ between members of one Distiller
 RealSampler = Callable[[int, torch.Generator], tuple[Tensor, Tensor | None]]  # n -> (samples, labels or None)
+# the network passes of an iteration, one dropout stream each (a network in eval mode draws nothing)
+STREAMS = {"fake_on_generated": 1, "fake_on_real": 2, "generator": 3, "teacher": 4, "fake_on_path": 5}
 
 
 @dataclass
@@ -235,6 +241,7 @@ class Distiller:
                                                                                             self.members)])
         self.clip_fake = cfg.use_gan or bool(self.disc_members.any())
         self.iteration, self.cur_nimg, self.histories = 0, 0, [[] for _ in self.members]
+        self.substep = 0               # the fake-score update within the iteration (``fake_steps`` > 1)
         self.resumed_from = 0          # the iteration the last call of train() started at
         self._shape = tuple(sample_real(1, torch.Generator().manual_seed(0))[0].shape[1:])
 
@@ -269,16 +276,33 @@ class Distiller:
             labels = ddp.shard(nn.functional.one_hot(labels, self.label_dim).float()).to(self.device)
         return ddp.shard(x).to(self.device), (labels if self.label_dim else None)
 
-    def net(self, net: Callable[..., Tensor], x: Tensor, sigma: Tensor, labels: Tensor | None = None, **kw):
-        """A network pass D(x; σ[, labels]) under the configured autocast."""
+    def _rows(self) -> Tensor:
+        """The global indices (member-major) of this process's rows of a batch."""
+        return ddp.shard(torch.arange(len(self.members) * self.cfg.batch, device=self.device))
+
+    def _dropout_keys(self, rows: Tensor, stream: str) -> tuple[Tensor, Tensor]:
+        """Each row's dropout key (its member's seed, the iteration, the fake-score sub-step, the pass) and its
+        index in its member's batch."""
+        keys = torch.tensor([dropout.combine(m.seed, self.iteration, self.substep, STREAMS[stream])
+                             for m in self.members], device=rows.device)
+        return keys[rows // self.cfg.batch], rows % self.cfg.batch
+
+    def net(self, net: Callable[..., Tensor], x: Tensor, sigma: Tensor, labels: Tensor | None = None,
+            rows: Tensor | None = None, stream: str = "", **kw):
+        """A network pass D(x; σ[, labels]) under the configured autocast; dropout keyed by the global ``rows`` of
+        the batch and the pass's ``stream`` (torch's own dropout without them)."""
         args = (x, sigma) if labels is None else (x, sigma, labels)
-        with torch.autocast(self.device.type, dtype=self.autocast or torch.float32, enabled=bool(self.autocast)):
+        keyed = contextlib.nullcontext() if rows is None else \
+            dropout.sample_keys(functools.partial(self._dropout_keys, rows, stream))
+        with torch.autocast(self.device.type, dtype=self.autocast or torch.float32, enabled=bool(self.autocast)), \
+                keyed:
             return net(*args, **kw)
 
-    def generate(self, z: Tensor, net: nn.Module | None = None, labels: Tensor | None = None) -> Tensor:
+    def generate(self, z: Tensor, net: nn.Module | None = None, labels: Tensor | None = None,
+                 rows: Tensor | None = None) -> Tensor:
         """One-step samples G(σ_init z; σ_init[, labels])."""
-        return one_step_sample(functools.partial(self.net, self.G if net is None else net), z, self.cfg.sigma_init,
-                               labels)
+        return one_step_sample(functools.partial(self.net, self.G if net is None else net, rows=rows,
+                                                 stream="generator"), z, self.cfg.sigma_init, labels)
 
     def phase(self) -> str:
         if self.cur_nimg < self.cfg.warmup_fake_images:
@@ -306,15 +330,18 @@ class Distiller:
         noise = self._randn(b, *self._shape) * sigma.reshape(-1, *([1] * len(self._shape)))
         self.opt_fake.zero_grad(set_to_none=True)
         logs: list[dict[str, float]] = [{} for _ in self.members]
-        for z_r, c_r, x_real_r, c_real_r, sigma_r, noise_r in self._split(z, c_g, x_real, c_real, sigma, noise):
+        for z_r, c_r, x_real_r, c_real_r, sigma_r, noise_r, rows in self._split(z, c_g, x_real, c_real, sigma, noise,
+                                                                               self._rows()):
             with torch.no_grad(), eval_mode(self.G):      # as the released code: no generator dropout here
                 x_g = self.generate(z_r, labels=c_r)
-            y_fake, logit_fake = self.net(self.fake, x_g + noise_r, sigma_r, c_r, return_logits=True)
+            y_fake, logit_fake = self.net(self.fake, x_g + noise_r, sigma_r, c_r, rows=rows,
+                                          stream="fake_on_generated", return_logits=True)
             loss_score = self._per_member(losses.denoising_loss(y_fake, x_g, sigma_r, self.sigma_data))
             loss = cfg.ls * loss_score
             terms = {"fake_score": loss_score}
             if self.disc_members.any():
-                _, logit_real = self.net(self.fake, x_real_r + noise_r, sigma_r, c_real_r, return_logits=True)
+                _, logit_real = self.net(self.fake, x_real_r + noise_r, sigma_r, c_real_r, rows=rows,
+                                         stream="fake_on_real", return_logits=True)
                 terms["discriminator"] = self._per_member(losses.edm_weight(sigma_r, self.sigma_data)
                                                           * losses.discriminator_loss(logit_real, logit_fake))
                 loss = loss + cfg.lsd * terms["discriminator"] * self.disc_members.to(loss)
@@ -327,16 +354,18 @@ class Distiller:
         self.opt_fake.step()
         return logs
 
-    def generator_loss(self, phase: str, z: Tensor, c_g: Tensor | None, sigma: Tensor,
-                       eps: Tensor) -> tuple[Tensor, list[dict[str, Tensor]]]:
-        """Each member's generator loss on one slice of the batch [members], and its terms (for the logs)."""
-        x_g = self.generate(z, labels=c_g)
+    def generator_loss(self, phase: str, z: Tensor, c_g: Tensor | None, sigma: Tensor, eps: Tensor,
+                       rows: Tensor | None = None) -> tuple[Tensor, list[dict[str, Tensor]]]:
+        """Each member's generator loss on one slice of the batch [members] (``rows``: its global indices, which
+        key the generator's dropout), and its terms (for the logs)."""
+        x_g = self.generate(z, labels=c_g, rows=rows)
         x_t = x_g + sigma.reshape(-1, *([1] * len(self._shape))) * eps
-        y_real = self.net(self.teacher, x_t, sigma, c_g)
+        y_real = self.net(self.teacher, x_t, sigma, c_g, rows=rows, stream="teacher")   # frozen
         self.fake.requires_grad_(False)
         try:
             with eval_mode(self.fake):                     # as the released code: frozen, and no fake-score dropout
-                y_fake, logit = self.net(self.fake, x_t, sigma, c_g, return_logits=True)
+                y_fake, logit = self.net(self.fake, x_t, sigma, c_g, rows=rows, stream="fake_on_path",
+                                         return_logits=True)
         finally:
             self.fake.requires_grad_(True)
         n = len(z) // len(self.members)
@@ -373,7 +402,7 @@ class Distiller:
         eps = self._randn(b, *self._shape)
         self.opt_g.zero_grad(set_to_none=True)
         logs: list[dict[str, float]] = [{} for _ in self.members]
-        for args in self._split(z, c_g, sigma, eps):
+        for args in self._split(z, c_g, sigma, eps, self._rows()):
             loss, terms = self.generator_loss(phase, *args)
             self._accumulate(loss, logs, terms, "generator loss")
         grads = self._reduce_gradients(self.G)
@@ -427,14 +456,15 @@ class Distiller:
 
     def step(self) -> list[dict]:
         """One iteration; the logs of each member."""
-        # Dropout draws from torch's global generator: reseed it from (seed, iteration, rank) so that dropout masks,
-        # like every other random number here, follow from the seed and survive a resume.
+        # The dropout of the Distiller's passes is keyed by sample; whatever else draws from torch's global
+        # generator inside a network (label dropout) follows from (seed, iteration, rank) and survives a resume.
         torch.manual_seed((self.cfg.seed * 1_000_003 + self.iteration) * 1_009 + ddp.world()[0])
         phase = self.phase()
         head = {"iteration": self.iteration + 1, "images": self.cur_nimg + self.cfg.batch, "phase": phase}
-        for _ in range(self.cfg.fake_steps - 1):     # the earlier updates of several: only the last one is logged
-            self.fake_step()
-        logs = [{**head, **fake} for fake in self.fake_step()]
+        for self.substep in range(self.cfg.fake_steps):
+            fake_logs = self.fake_step()             # of several updates, only the last one is logged
+        logs = [{**head, **fake} for fake in fake_logs]
+        self.substep = 0
         if phase != "fake_only":
             for member_logs, gen in zip(logs, self.generator_step(phase)):
                 member_logs.update(gen)
