@@ -108,9 +108,9 @@ def test_networks_run_in_eval_mode_where_the_released_code_does(data):
     """The generator makes the fake-score update's samples in eval mode, the fake score scores the generator's samples
     in eval mode (no dropout in either, as the released code); both train otherwise and end in train mode."""
     d = distiller(replace(TINY, warmup_fake_images=0, warmup_sim_images=0), data, dropout=0.2)
-    seen = {"G": [], "fake": []}
-    d.G.register_forward_hook(lambda m, i, o: seen["G"].append(m.training))
-    d.fake.register_forward_hook(lambda m, i, o: seen["fake"].append(m.training))
+    seen = {"G": [], "fake": []}                               # the first encoder layer runs in every pass
+    d.G.backbone.conv_in.register_forward_hook(lambda m, i, o: seen["G"].append(m.training))
+    d.fake.backbone.conv_in.register_forward_hook(lambda m, i, o: seen["fake"].append(m.training))
     d.fake_step()
     assert seen == {"G": [False], "fake": [True, True]}        # generator sample; fake score on fake and real
     seen["G"].clear(), seen["fake"].clear()

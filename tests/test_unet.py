@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from uniinstruct.networks import EDMPrecond, UNet, parameter_count
+from uniinstruct.networks import EDMPrecond, UNet, parameter_count, toy_denoiser
 from uniinstruct.networks.unet import PositionalEmbedding
 
 CONFIGS = [
@@ -89,6 +89,23 @@ def test_discriminator_head_reads_the_shared_encoder_only():
     assert (out - out2).abs().max() > 1e-3
     perturb(unet.enc, seed=2, scale=0.5)
     assert (unet(x, c_noise)[1] - logits).abs().max() > 1e-3
+
+
+def test_encoder_logits_equal_the_full_pass_logits():
+    """The discriminator alone (the Distiller's pass on real samples) gives the full pass's logits bit for bit: the
+    digits UNet under EDM preconditioning, class-conditional, and the toy MLP with two stacked members."""
+    torch.manual_seed(0)
+    unet = EDMPrecond(UNet(**{**CONFIGS[0], "label_dim": 10}), 0.5)
+    perturb(unet)
+    x, sigma, labels = torch.randn(4, 1, 8, 8), torch.tensor([0.1, 0.5, 2.0, 20.0]), torch.eye(10)[[0, 3, 3, 9]]
+    torch.testing.assert_close(unet.encoder_logits(x, sigma, labels), unet(x, sigma, labels, return_logits=True)[1],
+                               rtol=0, atol=0)
+    mlp = toy_denoiser(hidden=16, depth=3, sigma_data=2.0, members=2)
+    perturb(mlp)
+    x2, sigma2 = torch.randn(6, 2), torch.tensor([0.1, 0.5, 2.0, 0.3, 1.0, 5.0])
+    torch.testing.assert_close(mlp.encoder_logits(x2, sigma2), mlp(x2, sigma2, return_logits=True)[1], rtol=0, atol=0)
+    with pytest.raises(ValueError, match="no discriminator head"):
+        UNet(**CONFIGS[0], discriminator=False).encoder_logits(x, torch.zeros(4))
 
 
 def test_sizes_from_tiny_to_ddpmpp_like():

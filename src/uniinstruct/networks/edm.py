@@ -44,6 +44,13 @@ class EDMPrecond(nn.Module):
         logits = logits.to(x.dtype) if logits is not None else None
         return (denoised, logits) if return_logits else denoised
 
+    def encoder_logits(self, x: Tensor, sigma: Tensor, class_labels: Tensor | None = None) -> Tensor:
+        """The discriminator head's logits alone: the backbone's encoder and head, not its denoising head (the
+        logits equal those of ``forward(..., return_logits=True)``)."""
+        sigma = sigma.to(x.dtype).reshape(-1, *([1] * (x.ndim - 1)))
+        _, _, c_in, c_noise = edm_coefficients(sigma, self.sigma_data)
+        return self.backbone.encoder_logits(c_in * x, c_noise, class_labels).to(x.dtype)
+
 
 # Sinusoidal embedding of c_noise, shared by EDM's UNets (networks/edm_unets.py) and the digits UNet (networks/unet.py).
 def positional_frequencies(num_channels: int, max_positions: int = 10_000, endpoint: bool = False,

@@ -60,8 +60,8 @@ class ToyBackbone(nn.Module):
         self.decoder = StackedLinear(members, hidden, dim)                        # denoising head
         self.disc = StackedLinear(members, hidden, 1) if discriminator else None  # logit head on the encoder
 
-    def forward(self, x_in: Tensor, c_noise: Tensor,
-                class_labels: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+    def encode(self, x_in: Tensor, c_noise: Tensor, class_labels: Tensor | None = None) -> Tensor:
+        """The shared encoder's features [members, rows per member, hidden]."""
         if class_labels is not None:
             raise ValueError("the toy backbone is unconditional but got class_labels")
         if len(x_in) % self.members:
@@ -69,6 +69,17 @@ class ToyBackbone(nn.Module):
         h = torch.cat([x_in, self.noise(c_noise)], dim=-1).reshape(self.members, len(x_in) // self.members, -1)
         for layer in self.encoder:
             h = nn.functional.silu(layer(h))
+        return h
+
+    def forward(self, x_in: Tensor, c_noise: Tensor,
+                class_labels: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        h = self.encode(x_in, c_noise, class_labels)
         out = self.decoder(h).reshape(len(x_in), -1)
         return out, (self.disc(h).reshape(-1) if self.disc is not None else None)
+
+    def encoder_logits(self, x_in: Tensor, c_noise: Tensor, class_labels: Tensor | None = None) -> Tensor:
+        """The discriminator head's logits without the denoising head."""
+        if self.disc is None:
+            raise ValueError("this backbone has no discriminator head")
+        return self.disc(self.encode(x_in, c_noise, class_labels)).reshape(-1)
 

@@ -153,6 +153,12 @@ class UNet(nn.Module):
         logits = self.disc(h) if self.disc is not None else None
         return self.decode(h, skips, emb), logits
 
+    def encoder_logits(self, x_in: Tensor, c_noise: Tensor, class_labels: Tensor | None = None) -> Tensor:
+        """The discriminator head's logits without the decoder."""
+        if self.disc is None:
+            raise ValueError("this UNet has no discriminator head")
+        return self.disc(self.encode(x_in, self.embed(c_noise, class_labels))[0])
+
 
 def parameter_count(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())

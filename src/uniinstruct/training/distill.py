@@ -213,7 +213,7 @@ class Distiller:
         cfg = self.cfg = self.members[0]                                         # the settings they share
         self.device = ddp.local_device(cfg.device)
         self.teacher = teacher.to(self.device) if isinstance(teacher, nn.Module) else teacher  # D_φ, frozen
-        self.fake = fake.to(self.device)    # D_ψ(x, σ[, labels], return_logits) with a discriminator head
+        self.fake = fake.to(self.device)    # D_ψ(x, σ[, labels], return_logits); .encoder_logits: its head alone
         self.G = generator.to(self.device)  # D_θ, used as G(z) = D_θ(σ_init z; σ_init[, labels])
         self.G_ema = copy.deepcopy(self.G).requires_grad_(False)
         self.sample_real = sample_real      # (n, torch.Generator) -> (real samples, labels or None)
@@ -340,8 +340,8 @@ class Distiller:
             loss = cfg.ls * loss_score
             terms = {"fake_score": loss_score}
             if self.disc_members.any():
-                _, logit_real = self.net(self.fake, x_real_r + noise_r, sigma_r, c_real_r, rows=rows,
-                                         stream="fake_on_real", return_logits=True)
+                logit_real = self.net(self.fake.encoder_logits, x_real_r + noise_r, sigma_r, c_real_r, rows=rows,
+                                      stream="fake_on_real")     # the encoder and head only: no denoising output
                 terms["discriminator"] = self._per_member(losses.edm_weight(sigma_r, self.sigma_data)
                                                           * losses.discriminator_loss(logit_real, logit_fake))
                 loss = loss + cfg.lsd * terms["discriminator"] * self.disc_members.to(loss)
