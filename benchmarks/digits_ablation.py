@@ -21,7 +21,7 @@ from uniinstruct.pipelines import digits, digits_evaluate
 from uniinstruct.pipelines.digits import DigitsConfig, DigitsMatrix
 from uniinstruct.training.distill import DistillConfig
 
-from digits_curve import parse_overrides
+from digits_curve import add_overrides_argument, parse_overrides
 
 
 def main() -> None:
@@ -29,8 +29,7 @@ def main() -> None:
     parser.add_argument("--divergences", nargs="+", default=["rkl", "fkl", "jkl"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2])
     parser.add_argument("--out", required=True, help="a folder for the runs, samples, tables and metrics")
-    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                        help="overrides of digits.distill (YAML values), e.g. iterations=500")
+    add_overrides_argument(parser, "iterations=500")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--teacher-dir", default="results/digits/teacher")

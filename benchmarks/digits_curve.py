@@ -43,6 +43,12 @@ def parse_value(text: str):
     return value
 
 
+def add_overrides_argument(parser: argparse.ArgumentParser, example: str) -> None:
+    """``--set KEY=VALUE …``: overrides of the distill settings (YAML values; ``example`` shows some)."""
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help=f"overrides of the distill settings (YAML values), e.g. {example}")
+
+
 def parse_overrides(parser: argparse.ArgumentParser, items: list[str]) -> dict:
     """``--set KEY=VALUE …`` as a mapping of parsed values; an item without ``=`` is a usage error."""
     if any("=" not in item for item in items):
@@ -55,8 +61,7 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=2000)
     parser.add_argument("--every", type=int, default=200, help="iterations between two scores")
     parser.add_argument("--draws", type=int, default=10, help="draws of 1,000 latents per score (one moves it by ±0.3)")
-    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                        help="overrides of digits.distill (YAML values), e.g. lr=1e-3 use_gan=false")
+    add_overrides_argument(parser, "lr=1e-3 use_gan=false")
     parser.add_argument("--teacher-dir", default="results/digits/teacher")
     parser.add_argument("--classifier-dir", default="results/digits/classifier")
     parser.add_argument("--json", default=None, help="write the curve here")

@@ -61,9 +61,12 @@ def resume_with_dropout(device: str, tiny: bool) -> dict:
     cfg = DistillConfig(batch=4 if tiny else 32, iterations=4, checkpoint_every=2, warmup_fake_images=0,
                         warmup_sim_images=0, device=device, ratio_n_dims=3072)
 
+    def distiller(**changes) -> Distiller:
+        return Distiller(replace(cfg, **changes), teacher, copy.deepcopy(teacher).train().requires_grad_(True),
+                         copy.deepcopy(teacher).train().requires_grad_(True), real, 0.5)     # dropout active
+
     def run(folder: Path, iterations: int) -> Distiller:
-        d = Distiller(replace(cfg, iterations=iterations), teacher, copy.deepcopy(teacher).train().requires_grad_(True),
-                      copy.deepcopy(teacher).train().requires_grad_(True), real, 0.5)     # dropout active
+        d = distiller(iterations=iterations)
         d.train(folder, progress=False)
         return d
 
@@ -74,8 +77,7 @@ def resume_with_dropout(device: str, tiny: bool) -> dict:
         diff = max((a - b).abs().max().item() for a, b in zip(whole.G.parameters(), resumed.G.parameters()))
     passes = []
     for batch_gpu in (0, cfg.batch // 2):
-        d = Distiller(replace(cfg, batch_gpu=batch_gpu), teacher, copy.deepcopy(teacher).train().requires_grad_(True),
-                      copy.deepcopy(teacher).train().requires_grad_(True), real, 0.5)
+        d = distiller(batch_gpu=batch_gpu)
         d.step()
         passes.append({key: torch.cat([p.grad.reshape(-1).double() for p in net.parameters() if p.grad is not None])
                        for key, net in (("generator", d.G), ("fake", d.fake))})

@@ -32,7 +32,7 @@ from uniinstruct.toy.metrics import mode_mass
 from uniinstruct.training.distill import DistillConfig
 
 sys.path.insert(0, str(Path(__file__).parent))
-from digits_curve import parse_overrides  # noqa: E402
+from digits_curve import add_overrides_argument, parse_overrides  # noqa: E402
 
 
 def cosine_factor(iteration: int, total: int, start_fraction: float) -> float:
@@ -49,8 +49,7 @@ def main() -> None:
     parser.add_argument("--every", type=int, default=250)
     parser.add_argument("--start", type=int, default=1500, help="first iteration scored")
     parser.add_argument("--narrow", action="store_true", help="the 64×3 tier's settings instead of toy.wide's")
-    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                        help="overrides of the distill settings (YAML values), e.g. lsg_gan=30 ema_rampup=0.1")
+    add_overrides_argument(parser, "lsg_gan=30 ema_rampup=0.1")
     parser.add_argument("--glr-cosine-from", type=float, default=1.0, metavar="F",
                         help="anneal the generator's lr to 0 from this fraction of training (1: constant)")
     parser.add_argument("--params", default="params.yaml")
