@@ -383,6 +383,27 @@ def test_gradient_accumulation_matches_one_pass(data, dropout):
         distiller(replace(base, batch_gpu=3), data)
 
 
+def test_channels_last_changes_nothing_but_round_off(tmp_path, data):
+    """The NHWC layout (a GPU setting) gives the gradients and losses of the default layout to float round-off, and
+    its checkpoint resumes a run in the default layout (a resume may change the layout)."""
+    base = replace(TINY, warmup_fake_images=0, warmup_sim_images=0, divergence="jkl", iterations=1)
+    nchw, nhwc = distiller(base, data, label_dim=10, dropout=0.2), distiller(replace(base, channels_last=True), data,
+                                                                          label_dim=10, dropout=0.2)
+    conv = next(p for p in nhwc.G.parameters() if p.ndim == 4 and p.shape[1] > 1 and p.shape[2] > 1)
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    logs_a, logs_b = nchw.step()[0], nhwc.step()[0]
+    for a, b in [(nchw.fake, nhwc.fake), (nchw.G, nhwc.G)]:
+        ga = torch.cat([p.grad.reshape(-1) for p in a.parameters() if p.grad is not None]).double()
+        gb = torch.cat([p.grad.reshape(-1) for p in b.parameters() if p.grad is not None]).double()
+        assert (gb - ga).norm() <= 1e-5 * ga.norm()          # other convolution kernels: float32 round-off
+    assert all(logs_a[k] == (logs_b[k] if isinstance(logs_b[k], str) else pytest.approx(logs_b[k], rel=1e-5))
+               for k in logs_a)
+    distiller(replace(base, channels_last=True), data, label_dim=10, dropout=0.2).train(tmp_path, progress=False)
+    resumed = distiller(replace(base, iterations=2), data, label_dim=10, dropout=0.2)
+    resumed.train(tmp_path, progress=False)
+    assert resumed.resumed_from == 1 and resumed.iteration == 2
+
+
 @pytest.mark.slow
 def test_runs_stage_in_two_processes_equals_the_distill_stage(tmp_path, tiny_digits_params):
     """digits_runs trains every run of the matrix in spawned workers; each run's checkpoint is bit-identical to the

@@ -1,5 +1,6 @@
 """The distillation loop: validation, determinism, exact resume (in process and after SIGKILL), NaN guard."""
 
+import copy
 import signal
 import subprocess
 import sys
@@ -9,6 +10,7 @@ from dataclasses import asdict, replace
 import pytest
 import torch
 
+from uniinstruct import divergences, losses
 from uniinstruct.config import ConfigError, from_dict
 from uniinstruct.networks import EDMPrecond, toy_denoiser
 from uniinstruct.pipelines.toy import MixtureDenoiser, data_std, real_sampler
@@ -275,6 +277,43 @@ def test_nan_guard_keeps_the_last_checkpoint(tmp_path):
         checkpoint.save_atomic({"w": torch.tensor([1.0, float("nan")])}, tmp_path / "checkpoint.pt")
     assert (tmp_path / "checkpoint.pt").read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]
+
+
+class NaNRatioOnThePath(torch.nn.Module):
+    """A fake score whose logits are NaN in the generator's loss only (where the loop runs it in eval mode)."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x, sigma, return_logits=False):
+        out = self.net(x, sigma, return_logits=return_logits)
+        return (out[0], out[1] * float("nan")) if return_logits and not self.training else out
+
+    def encoder_logits(self, x, sigma):
+        return self.net.encoder_logits(x, sigma)
+
+
+def test_an_invalid_ratio_stops_the_run_before_the_generator_steps():
+    """The ratio's check is deferred to the update's one host synchronisation: the error is the one
+    ``losses.generator_loss`` raises, and the generator's parameters and Adam state are those before the update."""
+    d = distiller(replace(TINY, iterations=8))
+    d.fake = NaNRatioOnThePath(d.fake)
+    for _ in range(d.cfg.warmup_fake_images // d.cfg.batch):
+        d.step()
+    assert d.phase() == "sim"
+    before, state = flat(d.G).clone(), copy.deepcopy(d.opt_g.state_dict())
+    with pytest.raises(ValueError, match="must be positive and finite"):
+        d.step()
+    assert torch.equal(flat(d.G), before)
+    assert str(d.opt_g.state_dict()) == str(state)
+    with losses.deferred_ratio_checks() as checks:    # the check itself: deferred inside the context, raised outside
+        loss = losses.generator_loss(divergences.get("fkl"), y_real=torch.zeros(2, 2), y_fake=torch.ones(2, 2),
+                                     x_g=torch.zeros(2, 2), sigma=1.0, ratio=torch.tensor([1.0, -1.0]))
+    assert loss.shape == (2,) and [bool(c) for c in checks] == [False]
+    with pytest.raises(ValueError, match="must be positive and finite"):
+        losses.generator_loss(divergences.get("fkl"), y_real=torch.zeros(2, 2), y_fake=torch.ones(2, 2),
+                              x_g=torch.zeros(2, 2), sigma=1.0, ratio=torch.tensor([1.0, -1.0]))
 
 
 @pytest.mark.parametrize("overrides", [{"method": "sida"}, {"method": "diff_instruct"}, {"ratio": "released"},

@@ -18,7 +18,9 @@ Generator estimators (``GENERATOR_ESTIMATORS``):
 
 from __future__ import annotations
 
-from typing import Callable
+import contextlib
+import contextvars
+from typing import Callable, Iterator
 
 import torch
 from torch import Tensor
@@ -141,6 +143,24 @@ def generator_estimator(name: str) -> Callable[..., Tensor]:
     return GENERATOR_ESTIMATORS[name]
 
 
+BAD_RATIO = ("the density ratio r = q/p must be positive and finite; the released code's ratio "
+             "(released_code_ratio) is about −1 in its JS and χ² branches and cannot be used with them")
+_DEFERRED: contextvars.ContextVar[list[Tensor] | None] = contextvars.ContextVar("deferred_ratio_checks", default=None)
+
+
+@contextlib.contextmanager
+def deferred_ratio_checks() -> Iterator[list[Tensor]]:
+    """Inside, :func:`generator_loss` does not stop on an invalid ratio but appends its validity (a boolean tensor
+    on the ratio's device) to the list yielded: a trainer checks them with its other values, in one host
+    synchronisation per update, and raises ``ValueError(BAD_RATIO)`` itself."""
+    checks: list[Tensor] = []
+    token = _DEFERRED.set(checks)
+    try:
+        yield checks
+    finally:
+        _DEFERRED.reset(token)
+
+
 def generator_loss(div: Divergence, *, y_real: Tensor, y_fake: Tensor, x_g: Tensor, sigma: Tensor | float,
                    ratio: Tensor, estimator: str = "exact", weight: Tensor | float = 1.0, **options) -> Tensor:
     """Per-sample Uni-Instruct generator loss for divergence ``div`` (see the module docstring).
@@ -148,9 +168,12 @@ def generator_loss(div: Divergence, *, y_real: Tensor, y_fake: Tensor, x_g: Tens
     ``ratio`` is r = q/p per sample (from :func:`ratio_from_logit`, possibly with graph, or
     :func:`released_code_ratio`); ``weight`` is the time weighting w(σ) per sample."""
     estimate = generator_estimator(estimator)
-    if not bool(torch.all(torch.isfinite(ratio) & (ratio > 0))):
-        raise ValueError("the density ratio r = q/p must be positive and finite; the released code's ratio "
-                         "(released_code_ratio) is about −1 in its JS and χ² branches and cannot be used with them")
+    valid = torch.all(torch.isfinite(ratio) & (ratio > 0))
+    deferred = _DEFERRED.get()
+    if deferred is not None:
+        deferred.append(valid)
+    elif not bool(valid):
+        raise ValueError(BAD_RATIO)
     loss = estimate(div, y_real=y_real, y_fake=y_fake, x_g=x_g, sigma=sigma, ratio=ratio, **options)
     if loss.shape != (x_g.shape[0],):
         raise RuntimeError(f"generator loss must be per sample, got shape {tuple(loss.shape)}")

@@ -53,7 +53,8 @@ RATIOS = ("logit", "released")
 # autocast dtype of the network passes, and whether CUDA may run float32 convolutions and matmuls in TF32 (PyTorch
 # lets cuDNN do so by default; the released code and EDM switch it off: "fp32" is strict float32)
 PRECISIONS = {"fp32": (None, False), "tf32": (None, True), "bf16": (torch.bfloat16, False)}
-RESUMABLE_CHANGES = {"iterations", "checkpoint_every", "log_every", "device"}   # may differ when resuming
+# may differ when resuming (the speed settings change no result beyond float round-off)
+RESUMABLE_CHANGES = {"iterations", "checkpoint_every", "log_every", "device", "channels_last", "cudnn_benchmark"}
 MEMBER_KEYS = {"divergence", "estimator", "method", "ratio", "seed"}   # may differ between members of one Distiller
 RealSampler = Callable[[int, torch.Generator], tuple[Tensor, Tensor | None]]  # n -> (samples, labels or None)
 # the network passes of an iteration, one dropout stream each (a network in eval mode draws nothing)
@@ -100,6 +101,8 @@ class DistillConfig:
     device: str = "cpu"                # cpu | cuda (random numbers are drawn on it too)
     precision: str = "fp32"            # fp32 (strict: no TF32) | tf32 | bf16 (autocast of the network passes;
                                        # losses fp32)
+    channels_last: bool = False        # image networks and their inputs in the NHWC layout (faster convolutions on GPUs)
+    cudnn_benchmark: bool = False      # let cuDNN time its convolution algorithms (on GPUs; as the released code)
 
     def check(self):
         problems = [("batch_gpu", f"must be ≥ 0, got {self.batch_gpu}")] if self.batch_gpu < 0 else []
@@ -221,6 +224,11 @@ class Distiller:
         self.label_dim = label_dim          # classes of a class-conditional model; 0 = unconditional
         self.autocast, tf32 = PRECISIONS[cfg.precision]
         torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = tf32
+        torch.backends.cudnn.benchmark = cfg.cudnn_benchmark
+        self._memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+        for net in (self.teacher, self.fake, self.G, self.G_ema):
+            if isinstance(net, nn.Module):
+                net.to(memory_format=self._memory_format)   # acts on 4-D parameters (convolution weights) only
         if cfg.batch % ddp.world()[1]:
             raise ValueError(f"batch {cfg.batch} does not split over {ddp.world()[1]} processes")
         local = cfg.batch // ddp.world()[1]
@@ -230,8 +238,11 @@ class Distiller:
         # one stream per member, on the device: every process draws the global batch's numbers there and keeps its
         # shard (no host-side draws or copies; N processes = 1 process; a resume needs only the generators' states)
         self.rngs = [torch.Generator(self.device).manual_seed(m.seed) for m in self.members]
-        self.opt_fake = torch.optim.Adam(fake.parameters(), lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.adam_eps)
-        self.opt_g = torch.optim.Adam(generator.parameters(), lr=cfg.glr, betas=tuple(cfg.betas), eps=cfg.adam_eps)
+        fused = True if self.device.type == "cuda" else None     # one kernel per step on GPUs; the for-loop on CPUs
+        self.opt_fake = torch.optim.Adam(fake.parameters(), lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.adam_eps,
+                                         fused=fused)
+        self.opt_g = torch.optim.Adam(generator.parameters(), lr=cfg.glr, betas=tuple(cfg.betas), eps=cfg.adam_eps,
+                                      fused=fused)
         self.methods = [method_of(m) for m in self.members]
         # the members' methods in the SIM warm-up phase (the methods themselves when they have none)
         self.warmup_methods = [m.sim_warmup() if m.has_sim_warmup else m for m in self.methods]
@@ -240,6 +251,7 @@ class Distiller:
         self.disc_members = torch.tensor([m.trains_discriminator(c.use_gan) for m, c in zip(self.methods,
                                                                                             self.members)])
         self.clip_fake = cfg.use_gan or bool(self.disc_members.any())
+        self._disc_weight = self.disc_members.to(self.device, torch.float32)   # scales each member's discriminator loss
         self.iteration, self.cur_nimg, self.histories = 0, 0, [[] for _ in self.members]
         self.substep = 0               # the fake-score update within the iteration (``fake_steps`` > 1)
         self.resumed_from = 0          # the iteration the last call of train() started at
@@ -291,6 +303,8 @@ class Distiller:
             rows: Tensor | None = None, stream: str = "", **kw):
         """A network pass D(x; σ[, labels]) under the configured autocast; dropout keyed by the global ``rows`` of
         the batch and the pass's ``stream`` (torch's own dropout without them)."""
+        if x.ndim == 4:
+            x = x.contiguous(memory_format=self._memory_format)
         args = (x, sigma) if labels is None else (x, sigma, labels)
         keyed = contextlib.nullcontext() if rows is None else \
             dropout.sample_keys(functools.partial(self._dropout_keys, rows, stream))
@@ -329,7 +343,7 @@ class Distiller:
         sigma = torch.exp(self._randn(b) * cfg.p_std + cfg.p_mean)
         noise = self._randn(b, *self._shape) * sigma.reshape(-1, *([1] * len(self._shape)))
         self.opt_fake.zero_grad(set_to_none=True)
-        logs: list[dict[str, float]] = [{} for _ in self.members]
+        rounds = []
         for z_r, c_r, x_real_r, c_real_r, sigma_r, noise_r, rows in self._split(z, c_g, x_real, c_real, sigma, noise,
                                                                                self._rows()):
             with torch.no_grad(), eval_mode(self.G):      # as the released code: no generator dropout here
@@ -344,10 +358,11 @@ class Distiller:
                                       stream="fake_on_real")     # the encoder and head only: no denoising output
                 terms["discriminator"] = self._per_member(losses.edm_weight(sigma_r, self.sigma_data)
                                                           * losses.discriminator_loss(logit_real, logit_fake))
-                loss = loss + cfg.lsd * terms["discriminator"] * self.disc_members.to(loss)
-            self._accumulate(loss, logs, [{k: v[r] for k, v in terms.items()
-                                           if k != "discriminator" or self.disc_members[r]}
-                                          for r in range(len(self.members))], "fake-score loss")
+                loss = loss + cfg.lsd * terms["discriminator"] * self._disc_weight
+            rounds.append(self._backward(loss, [{k: v[r] for k, v in terms.items()
+                                                 if k != "discriminator" or self.disc_members[r]}
+                                                for r in range(len(self.members))]))
+        logs = self._logs(rounds, "fake-score loss")
         self._reduce_gradients(self.fake)
         if self.clip_fake:
             nn.utils.clip_grad_value_(self.fake.parameters(), cfg.grad_clip)
@@ -401,10 +416,12 @@ class Distiller:
         sigma = generator_sigma(t * cfg.tmax / 1000, cfg)
         eps = self._randn(b, *self._shape)
         self.opt_g.zero_grad(set_to_none=True)
-        logs: list[dict[str, float]] = [{} for _ in self.members]
-        for args in self._split(z, c_g, sigma, eps, self._rows()):
-            loss, terms = self.generator_loss(phase, *args)
-            self._accumulate(loss, logs, terms, "generator loss")
+        rounds = []
+        with losses.deferred_ratio_checks() as ratio_checks:
+            for args in self._split(z, c_g, sigma, eps, self._rows()):
+                loss, terms = self.generator_loss(phase, *args)
+                rounds.append(self._backward(loss, terms))
+        logs = self._logs(rounds, "generator loss", ratio_checks)
         grads = self._reduce_gradients(self.G)
         # finite gradients whose squares overflow Adam's moments show up as an infinite norm (per member: the
         # parameters of several runs are stacked along their first dimension)
@@ -413,16 +430,33 @@ class Distiller:
         self.opt_g.step()
         return logs
 
-    def _accumulate(self, loss: Tensor, logs: list[dict[str, float]], terms: list[dict[str, Tensor]],
-                    what: str) -> None:
-        """Guard one round's losses [members], backpropagate their sum's share, and add each member's terms to its
-        logs (means over processes and rounds). The guard sees the losses averaged over processes, so every process
-        stops together."""
-        self._guard(ddp.mean(loss), what)
+    def _backward(self, loss: Tensor, terms: list[dict[str, Tensor]]) -> tuple[Tensor, list[dict[str, Tensor]]]:
+        """Backpropagate one round's share of the members' losses [members]; the round's losses and each member's
+        terms, detached, stay on the device until :meth:`_logs`."""
         (loss.sum() / self.rounds).backward()
-        for member_logs, member_terms in zip(logs, terms):
-            for key, value in member_terms.items():
-                member_logs[key] = member_logs.get(key, 0.0) + ddp.mean(value).item() / self.rounds
+        return loss.detach(), [{k: v.detach() for k, v in member_terms.items()} for member_terms in terms]
+
+    def _logs(self, rounds: list[tuple[Tensor, list[dict[str, Tensor]]]], what: str,
+              ratio_checks: list[Tensor] = ()) -> list[dict[str, float]]:
+        """Each member's logs of one update (every term's mean over processes and rounds), after one all-reduce and
+        one host synchronisation for the whole update (none per round). Stops on a non-finite loss of a round, and
+        on an invalid density ratio (``ratio_checks``: :func:`losses.deferred_ratio_checks`), before the optimiser
+        steps; the values are averaged over processes first, so every process stops together."""
+        count = len(self.members)
+        keys = [(r, k) for r, member_terms in enumerate(rounds[0][1]) for k in member_terms]
+        rows = [torch.cat([loss.float().reshape(count), torch.stack([terms[r][k].float() for r, k in keys])])
+                for loss, terms in rounds]
+        invalid = [(~torch.stack(list(ratio_checks))).float()] if ratio_checks else []
+        values = ddp.mean(torch.cat([torch.stack(rows).reshape(-1), *invalid])).cpu()   # the host sync
+        if ratio_checks and values[len(rows) * len(rows[0]):].any():
+            raise ValueError(losses.BAD_RATIO)
+        table = values[:len(rows) * len(rows[0])].reshape(len(rows), -1)
+        logs: list[dict[str, float]] = [{} for _ in self.members]
+        for row in table:
+            self._guard(row[:count], what)
+            for (r, key), value in zip(keys, row[count:].tolist()):
+                logs[r][key] = logs[r].get(key, 0.0) + value / self.rounds
+        return logs
 
     def _reduce_gradients(self, net: nn.Module) -> list[Tensor]:
         """Average the accumulated gradients over processes and zero non-finite entries (as the released code
@@ -451,8 +485,7 @@ class Distiller:
             cfg.ema_halflife_images
         beta = 0.5 ** (cfg.batch / max(halflife, 1e-8))
         with torch.no_grad():
-            for p_ema, p in zip(self.G_ema.parameters(), self.G.parameters()):
-                p_ema.lerp_(p, 1 - beta)
+            torch._foreach_lerp_(list(self.G_ema.parameters()), list(self.G.parameters()), 1 - beta)
 
     def step(self) -> list[dict]:
         """One iteration; the logs of each member."""
