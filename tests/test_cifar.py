@@ -5,6 +5,7 @@ import io
 import json
 import os
 import pickle
+import re
 import zipfile
 
 import numpy as np
@@ -13,6 +14,7 @@ import pytest
 import torch
 
 from conftest import cifar_members, dumps, make_tarball
+from uniinstruct.images import cache
 from uniinstruct.images.cifar import CIFAR10_MD5, load_cifar10, load_edm_zip
 from uniinstruct.teachers.safe_pickle import UnsafePickleError
 
@@ -178,3 +180,43 @@ def test_edm_zip_missing_or_not_zip(tmp_path):
     (tmp_path / "fake.zip").write_bytes(b"junk")
     with pytest.raises(ValueError, match="not a zip file"):
         load_edm_zip(tmp_path / "fake.zip")
+
+
+def test_decoded_cache_is_written_once_then_memory_mapped(tmp_path, capsys):
+    """The first load decodes and writes ``<zip>.cache``; the next ones map it without decoding; a cache that no longer
+    matches (the source changed, an array truncated or of another shape, source.json missing) is named and rebuilt."""
+    files, hwc = edm_files()
+    source = make_zip(tmp_path / "imagenet-64x64.zip", files)
+    decoded = []
+
+    def decode(path):
+        decoded.append(path)
+        return load_edm_zip(path)
+
+    first = cache.load(source, decode)
+    again = cache.load(source, decode)
+    assert len(decoded) == 1 and sorted(p.name for p in cache.folder(source).iterdir()) == \
+        ["images.npy", "labels.npy", "source.json"]
+    assert torch.equal(again[0], torch.from_numpy(hwc).permute(0, 3, 1, 2)) and again[1].tolist() == [3, 0, 9]
+    assert torch.equal(first[0], again[0]) and again[0].dtype == torch.uint8
+    images = cache.folder(source) / "images.npy"
+    for damage, message in [
+            (lambda: images.write_bytes(images.read_bytes()[:-5]), "images.npy"),     # truncated
+            (lambda: np.save(images, np.zeros((3, 3, 4, 5), np.uint8)), r"expected uint8 \[3, 3, 4, 4\]"),
+            (lambda: make_zip(source, {**files, "00000/img00000001.png": png(np.zeros((4, 4, 3), np.uint8), "RGB")}),
+             "another version of imagenet-64x64.zip")]:
+        damage()
+        images_, labels = cache.load(source, decode)
+        err = capsys.readouterr().err
+        assert "rebuilt, the cache does not match" in err and re.search(message, err)
+        assert torch.equal(images_, load_edm_zip(source)[0]) and torch.equal(labels, load_edm_zip(source)[1])
+    (cache.folder(source) / "source.json").unlink()                              # an interrupted build
+    count = len(decoded)
+    cache.load(source, decode)
+    assert len(decoded) == count + 1
+    with pytest.raises(FileNotFoundError, match="missing.zip not found"):
+        cache.load(tmp_path / "missing.zip", decode)
+    grey, _ = edm_files(channels=1)
+    del grey["dataset.json"]
+    assert cache.load(make_zip(tmp_path / "grey.zip", grey), load_edm_zip)[1] is None       # no labels: no labels.npy
+    assert not (cache.folder(tmp_path / "grey.zip") / "labels.npy").exists()

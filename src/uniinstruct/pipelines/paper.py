@@ -25,7 +25,7 @@ import torch
 
 from uniinstruct import provenance
 from uniinstruct.config import from_dict, inherit, known_keys, origins, positive
-from uniinstruct.images import fid, fid_protocol
+from uniinstruct.images import cache, fid, fid_protocol
 from uniinstruct.images.cifar import load_cifar10, load_edm_zip
 from uniinstruct.images.data import index_sampler
 from uniinstruct.networks.edm_unets import EDMPrecondNet
@@ -102,9 +102,18 @@ class PaperConfig:
 
 
 def load_data(profile: PaperProfile, label_dim: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The profile's training images (uint8) and labels (None for an unconditional teacher)."""
+    """The profile's training images (uint8, memory-mapped from the decoded cache beside the source:
+    :mod:`uniinstruct.images.cache`) and labels (None for an unconditional teacher). Under torchrun the first process
+    decodes while the others wait, then every process maps the same files."""
     path = Path(profile.data)
-    images, labels = load_cifar10(path) if path.name.endswith((".tar.gz", ".tgz")) else load_edm_zip(path)
+    decode = load_cifar10 if path.name.endswith((".tar.gz", ".tgz")) else load_edm_zip
+    if ddp.is_main():
+        try:
+            cache.ensure(path, decode)
+        except Exception as err:
+            ddp.fail_together(err)
+    ddp.barrier()
+    images, labels = cache.load(path, decode)
     if label_dim and labels is None:
         raise ValueError(f"{path}: the {profile.name} teacher is class-conditional but the data have no labels")
     return images, (labels if label_dim else None)
