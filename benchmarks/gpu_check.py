@@ -13,9 +13,16 @@ Checks, each recorded with its wall time (a failing check is recorded with its e
   from the checkpoint: the largest parameter difference (0 on CPU; on a GPU non-deterministic kernels may leave
   round-off, which the figure shows); and one iteration in accumulation rounds of ``batch_gpu`` against one pass
   over the batch: the relative difference of the gradients (the masks are keyed by sample: float round-off only);
-- ``precision``: one Uni-Instruct iteration of the CIFAR-10 DDPM++ in strict fp32, tf32 and bf16: s/iteration, peak GiB;
-- ``batch_fill``: the ImageNet-64 ADM in bf16 at 8, 32 and 64 images per pass: s/iteration, images/s, peak GiB
+- ``precision``: one Uni-Instruct iteration of the CIFAR-10 DDPM++ in strict fp32, tf32 and bf16: s/iteration, peak
+  GiB, FLOPs and model-FLOP utilisation, host synchronisations per iteration (``distill_step.measure``);
+- ``bf16_agreement``: the first iteration's losses of the CIFAR-10 DDPM++ in bf16 against strict fp32 (same weights,
+  same draws): relative differences, against ``BF16_TOLERANCE``;
+- ``device_vs_cpu``: a tiny DDPM++ with dropout 0.13, the same inputs on this device and on the CPU (the generators
+  of random numbers differ between devices, so one pass is compared, not a trajectory): the generator's and the fake
+  score's losses and gradients, relative differences (the keyed dropout masks are device-independent integer hashes);
+- ``batch_fill``: the ImageNet-64 ADM in bf16 at 8, 32 and 64 images per pass: s/iteration, images/s, peak GiB, MFU
   (an out-of-memory answer is a result);
+- ``layout``: channels_last and cudnn.benchmark on and off, CIFAR-10 in bf16 at batch 64 and ImageNet-64 at 32;
 - ``attention``: which fused scaled-dot-product kernels accept our attention block's inputs in bf16;
 - ``inception``: FID-Inception images/s on the device against one CPU thread (299×299 inputs, network only).
 """
@@ -38,6 +45,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from distill_step import PROFILES, measure  # noqa: E402
 
+from uniinstruct import losses  # noqa: E402
 from uniinstruct.networks.edm_unets import UNetBlock, ddpmpp_cifar10  # noqa: E402
 from uniinstruct.training.distill import DistillConfig, Distiller  # noqa: E402
 
@@ -91,6 +99,71 @@ def precision(device: str, tiny: bool) -> dict:
     out = []
     for p in ("fp32", "tf32", "bf16"):
         out.append(measure("cifar10-uncond", p, device, 2 if tiny else 64, 16 if tiny else None, 1 if tiny else 3))
+    return {"runs": out}
+
+
+# bf16 keeps 8 bits of mantissa (unit round-off 2⁻⁸ ≈ 0.4% per operation); through ~100 layers and a loss that
+# averages over the batch, each loss of the first iteration within 5% of strict fp32 is what we accept
+BF16_TOLERANCE = 0.05
+
+
+def _cifar_distiller(device: str, tiny: bool, batch: int, dropout: float = 0.0, **changes) -> Distiller:
+    shape = (3, 32, 32)
+    real = lambda n, gen: (torch.rand(n, *shape, generator=gen, device=gen.device) * 2 - 1, None)   # noqa: E731
+    torch.manual_seed(0)
+    teacher = ddpmpp_cifar10(label_dim=0, dropout=dropout, **({"model_channels": 16, "channel_mult": [1, 2],
+                                                               "num_blocks": 1} if tiny else {}))
+    teacher.eval().requires_grad_(False)
+    cfg = DistillConfig(divergence="jkl", batch=batch, iterations=2, warmup_fake_images=0, warmup_sim_images=0,
+                        device=device, ratio_n_dims=3072, **changes)
+    return Distiller(cfg, teacher, copy.deepcopy(teacher).train().requires_grad_(True),
+                     copy.deepcopy(teacher).train().requires_grad_(True), real, 0.5)
+
+
+def bf16_agreement(device: str, tiny: bool) -> dict:
+    logs = {p: _cifar_distiller(device, tiny, 4 if tiny else 64, precision=p).step()[0] for p in ("fp32", "bf16")}
+    keys = [k for k, v in logs["fp32"].items() if isinstance(v, float)]
+    relative = {k: abs(logs["bf16"][k] - logs["fp32"][k]) / max(abs(logs["fp32"][k]), 1e-12) for k in keys}
+    return {"losses": logs, "relative_difference": relative, "tolerance": BF16_TOLERANCE,
+            "within_tolerance": all(r <= BF16_TOLERANCE for r in relative.values())}
+
+
+def device_vs_cpu(device: str, tiny: bool) -> dict:
+    """One generator pass and one fake-score pass on the same inputs, here and on the CPU."""
+    gen = torch.Generator().manual_seed(1)
+    b = 4
+    z, eps, x = (torch.randn(b, 3, 32, 32, generator=gen) for _ in range(3))
+    sigma = torch.exp(torch.randn(b, generator=gen) * 1.2 - 1.2)
+    out = {}
+    for where in ("cpu", device):
+        d = _cifar_distiller(where, True, b, dropout=0.13)
+        to = lambda t: t.to(d.device)                                   # noqa: E731
+        loss, _ = d.generator_loss("divergence", to(z), None, to(sigma), to(eps), d._rows())
+        loss.sum().backward()
+        y = d.net(d.fake, to(x), to(sigma), rows=d._rows(), stream="fake_on_generated")
+        fake_loss = losses.denoising_loss(y, to(x), to(sigma), 0.5).mean()
+        fake_loss.backward()
+        out[where] = {"generator_loss": loss.sum().item(), "fake_loss": fake_loss.item(),
+                      "generator_grad": torch.cat([p.grad.reshape(-1).double().cpu() for p in d.G.parameters()
+                                                   if p.grad is not None]),
+                      "fake_grad": torch.cat([p.grad.reshape(-1).double().cpu() for p in d.fake.parameters()
+                                              if p.grad is not None])}
+    a, b_ = out["cpu"], out[device]
+    return {"relative_difference": {
+        "generator_loss": abs(a["generator_loss"] - b_["generator_loss"]) / abs(a["generator_loss"]),
+        "fake_loss": abs(a["fake_loss"] - b_["fake_loss"]) / abs(a["fake_loss"]),
+        "generator_grad": ((a["generator_grad"] - b_["generator_grad"]).norm() / a["generator_grad"].norm()).item(),
+        "fake_grad": ((a["fake_grad"] - b_["fake_grad"]).norm() / a["fake_grad"].norm()).item()},
+        "precision": "fp32 (strict)"}
+
+
+def layout(device: str, tiny: bool) -> dict:
+    out = []
+    cases = [("cifar10-uncond", 2 if tiny else 64, cl, cb) for cl in (False, True) for cb in (False, True)]
+    cases += [("imagenet64-cond", 2 if tiny else 32, cl, True) for cl in (False, True)]
+    for profile, batch, channels_last, cudnn_benchmark in cases:
+        out.append(measure(profile, "bf16", device, batch, 16 if tiny else None, 1 if tiny else 3,
+                           channels_last=channels_last, cudnn_benchmark=cudnn_benchmark))
     return {"runs": out}
 
 
@@ -151,8 +224,9 @@ def inception(device: str, tiny: bool) -> dict:
             "weights": model.weights.kind}
 
 
-CHECKS = {"environment": environment, "resume_with_dropout": resume_with_dropout, "precision": precision,
-          "batch_fill": batch_fill, "attention": attention, "inception": inception}
+CHECKS = {"environment": environment, "resume_with_dropout": resume_with_dropout, "device_vs_cpu": device_vs_cpu,
+          "precision": precision, "bf16_agreement": bf16_agreement, "batch_fill": batch_fill, "layout": layout,
+          "attention": attention, "inception": inception}
 
 
 def main() -> int:

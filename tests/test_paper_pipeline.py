@@ -223,12 +223,14 @@ def test_augmentation_is_refused_until_implemented():
 
 @pytest.mark.slow
 def test_gpu_check_smoke_run_on_cpu(tmp_path):
-    """benchmarks/gpu_check.py --tiny on the CPU, the checks that run there in seconds (precision and batch_fill time
-    bf16 networks, slow on a CPU): resume with dropout exact, accumulation rounds with dropout equal to one pass up
-    to float32 round-off (1e-5 relative; measured ~1e-6), the fused attention accepted, a JSON with every figure."""
+    """benchmarks/gpu_check.py --tiny on the CPU, the checks that run there in seconds (precision, batch_fill and
+    layout time bf16 networks, slow on a CPU): resume with dropout exact, accumulation rounds with dropout equal to one
+    pass up to float32 round-off (1e-5 relative; measured ~1e-6), the CPU against itself exact, bf16 losses within the
+    check's tolerance of fp32, the fused attention accepted, a JSON with every figure."""
     out = tmp_path / "gpu_check.json"
     run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--tiny", "--device", "cpu",
-                          "--checks", "environment", "resume_with_dropout", "attention", "--out", str(out)],
+                          "--checks", "environment", "resume_with_dropout", "device_vs_cpu", "bf16_agreement",
+                          "attention", "--out", str(out)],
                          capture_output=True, text=True, cwd=tmp_path)
     assert run.returncode == 0, run.stderr[-3000:]
     report = json.loads(out.read_text())
@@ -238,3 +240,8 @@ def test_gpu_check_smoke_run_on_cpu(tmp_path):
     assert set(dropout["accumulation_relative_gradient_difference"]) == {"generator", "fake"}
     assert all(d <= 1e-5 for d in dropout["accumulation_relative_gradient_difference"].values())
     assert report["attention"]["MATH"] == "ok" and "FLASH_ATTENTION" in report["attention"]
+    assert report["device_vs_cpu"]["relative_difference"] == dict.fromkeys(
+        ["generator_loss", "fake_loss", "generator_grad", "fake_grad"], 0.0)
+    bf16 = report["bf16_agreement"]
+    assert bf16["within_tolerance"] and set(bf16["relative_difference"]) == {"fake_score", "discriminator",
+                                                                             "generator", "generator_gan"}
