@@ -65,9 +65,15 @@ def measure(profile: str, precision: str, device: str, batch: int | None, channe
                            torch.randint(max(classes, 1), (n,), generator=gen) if classes else None)
     d = Distiller(cfg, teacher, copy.deepcopy(teacher).requires_grad_(True),
                   copy.deepcopy(teacher).requires_grad_(True), real, 0.5, classes)
-    with FlopCounterMode(display=False) as counter:
-        d.step()                              # warm-up (allocations, kernels), its FLOPs counted
-    flops = counter.get_total_flops()
+    start = time.perf_counter()
+    if settings.get("compile"):
+        d.step()                              # warm-up: compiles every pass (the FLOPs are the eager run's)
+        flops = None
+    else:
+        with FlopCounterMode(display=False) as counter:
+            d.step()                          # warm-up (allocations, kernels), its FLOPs counted
+        flops = counter.get_total_flops()
+    warmup = time.perf_counter() - start
     syncs = synchronisations(d.step) if device.startswith("cuda") else None
     if device.startswith("cuda"):
         torch.cuda.synchronize()
@@ -81,12 +87,18 @@ def measure(profile: str, precision: str, device: str, batch: int | None, channe
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20     # kB -> GiB (process peak)
     seconds = (time.perf_counter() - start) / steps
-    peak_tflops = PEAK_TFLOPS[precision] if device.startswith("cuda") else None
     return {"profile": profile, "precision": precision, "device": device, "parameters": parameter_count(teacher),
             "batch": batch, **settings, "s_per_iteration": seconds, "images_per_s": batch / seconds,
-            "peak_memory_gib": peak, "tflop_per_iteration": flops / 1e12, "tflop_per_s": flops / seconds / 1e12,
-            "mfu": flops / seconds / 1e12 / peak_tflops if peak_tflops else None, "peak_tflops": peak_tflops,
-            "host_synchronisations_per_iteration": syncs}
+            "peak_memory_gib": peak, "warmup_s": warmup, "host_synchronisations_per_iteration": syncs,
+            **utilisation(flops, seconds, precision, device)}
+
+
+def utilisation(flops: float | None, seconds: float, precision: str, device: str) -> dict:
+    """TFLOP per iteration and per second, and the MFU against the device's peak (None where unknown)."""
+    peak = PEAK_TFLOPS[precision] if device.startswith("cuda") else None
+    tflop = None if flops is None else flops / 1e12
+    return {"tflop_per_iteration": tflop, "tflop_per_s": None if tflop is None else tflop / seconds,
+            "mfu": tflop / seconds / peak if tflop is not None and peak else None, "peak_tflops": peak}
 
 
 def main() -> None:
@@ -106,7 +118,8 @@ def main() -> None:
             r = measure(profile, precision, args.device, args.batch, args.channels, args.steps)
             print(f"{r['profile']:16s} {r['precision']:9s} {r['device']:6s} {r['parameters']:11,d} {r['batch']:5d} "
                   f"{r['s_per_iteration']:8.3f} {r['images_per_s']:8.2f} {r['peak_memory_gib']:8.2f} "
-                  f"{r['tflop_per_iteration']:8.3f} {'' if r['mfu'] is None else format(r['mfu'], '6.1%')}", flush=True)
+                  f"{r['tflop_per_iteration'] or float('nan'):8.3f} {'' if r['mfu'] is None else format(r['mfu'], '6.1%')}",
+                  flush=True)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ Checks, each recorded with its wall time (a failing check is recorded with its e
 - ``batch_fill``: the ImageNet-64 ADM in bf16 at 8, 32 and 64 images per pass: s/iteration, images/s, peak GiB, MFU
   (an out-of-memory answer is a result);
 - ``layout``: channels_last and cudnn.benchmark on and off, CIFAR-10 in bf16 at batch 64 and ImageNet-64 at 32;
+- ``compile``: CIFAR-10 in bf16 with channels_last, torch.compile (inductor) against eager; the compile time.
 - ``attention``: which fused scaled-dot-product kernels accept our attention block's inputs in bf16;
 - ``inception``: FID-Inception images/s on the device against one CPU thread (299×299 inputs, network only).
 """
@@ -43,7 +44,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from distill_step import PROFILES, measure  # noqa: E402
+from distill_step import PROFILES, measure, utilisation  # noqa: E402
 
 from uniinstruct import losses  # noqa: E402
 from uniinstruct.networks.edm_unets import UNetBlock, ddpmpp_cifar10  # noqa: E402
@@ -167,6 +168,17 @@ def layout(device: str, tiny: bool) -> dict:
     return {"runs": out}
 
 
+def compile_speed(device: str, tiny: bool) -> dict:
+    """Eager against inductor, with channels_last (the layout compiled code is expected to prefer); the last check: its
+    compilation takes minutes (on a CPU, ~6 minutes for the tiny network's passes)."""
+    size = {"device": device, "batch": 2 if tiny else 64, "channels": 16 if tiny else None, "steps": 1 if tiny else 3,
+            "channels_last": True, "cudnn_benchmark": True}
+    eager = measure("cifar10-uncond", "bf16", **size)
+    compiled = measure("cifar10-uncond", "bf16", compile="inductor", **size)
+    compiled.update(utilisation(eager["tflop_per_iteration"] * 1e12, compiled["s_per_iteration"], "bf16", device))
+    return {"runs": [eager, compiled], "speedup_over_eager": eager["s_per_iteration"] / compiled["s_per_iteration"]}
+
+
 def batch_fill(device: str, tiny: bool) -> dict:
     out = []
     for batch in ((2,) if tiny else (8, 32, 64)):
@@ -226,7 +238,7 @@ def inception(device: str, tiny: bool) -> dict:
 
 CHECKS = {"environment": environment, "resume_with_dropout": resume_with_dropout, "device_vs_cpu": device_vs_cpu,
           "precision": precision, "bf16_agreement": bf16_agreement, "batch_fill": batch_fill, "layout": layout,
-          "attention": attention, "inception": inception}
+          "attention": attention, "inception": inception, "compile": compile_speed}
 
 
 def main() -> int:
@@ -246,9 +258,9 @@ def main() -> int:
             report[name] = {"error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc()[-2000:]}
         report[name]["wall_s"] = round(time.perf_counter() - start, 2)
         print(name, json.dumps(report[name])[:400], flush=True)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
+        out = Path(args.out)                          # after every check: a run cut short keeps what it measured
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {out}")
     return 0
 

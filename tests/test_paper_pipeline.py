@@ -104,7 +104,7 @@ SHARED = dict(divergence="jkl", estimator="exact", method="", ratio="logit", rat
               betas=[0.0, 0.999],                                       # §8: (0, 0.999) both
               grad_clip=1.0, ema_rampup=0.05,                           # §8 (and §5: clip_grad_value_ 1)
               seed=0, log_every=40, device="cuda",
-              cudnn_benchmark=True, channels_last=False)                # §5: the released loop sets cudnn.benchmark
+              cudnn_benchmark=True, channels_last=False, compile="")                # §5: the released loop sets cudnn.benchmark
 CIFAR = dict(ratio_n_dims=3072, batch_gpu=32, batch=256, iterations=1_171_875,   # §8: batch 256, 300 Mimg
              lr=1e-5, glr=1e-5, adam_eps=1e-8,                          # §8: lr / glr 1e-5, eps 1e-8
              ema_halflife_images=500_000.0,                             # §8: EMA half-life 0.5 Mimg

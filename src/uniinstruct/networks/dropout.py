@@ -79,14 +79,55 @@ def keep_mask(shape: torch.Size, keys: Tensor, index: Tensor, call: int, p: floa
 
 
 def dropout(x: Tensor, p: float, training: bool) -> Tensor:
-    """Dropout of rate ``p`` (inverted scaling); keyed by row inside ``sample_keys``, torch's own outside it."""
+    """Dropout of rate ``p`` (inverted scaling); keyed by row inside ``sample_keys``, torch's own outside it. Under
+    ``torch.compile`` it is one opaque operator of the graph (:func:`_compiled_dropout`): no graph break."""
+    if torch.compiler.is_compiling():
+        return x if not training or p == 0.0 else _compiled_dropout(x, p)[0]
     active = _ACTIVE.get()
     if not training or p == 0.0 or p >= 1.0 or active is None:
         return F.dropout(x, p=p, training=training)
+    return x * _keyed_mask(x, p, active).to(x.dtype) / (1.0 - p)
+
+
+def _keyed_mask(x: Tensor, p: float, active: SampleKeys) -> Tensor:
+    """The keep mask of the pass's next dropout layer (``active.calls`` counts them)."""
     if active.keys is None:
         active.keys, active.index = (t.to(torch.int64) for t in active.resolve())
     if len(active.keys) != x.shape[0]:
         raise ValueError(f"dropout keys for {len(active.keys)} rows, but the batch has {x.shape[0]}")
     mask = keep_mask(x.shape, active.keys, active.index, active.calls, p, x.device)
     active.calls += 1
-    return x * mask.to(x.dtype) / (1.0 - p)
+    return mask
+
+
+@torch.library.custom_op("uniinstruct::keyed_dropout", mutates_args=())
+def _compiled_dropout(x: Tensor, p: float) -> tuple[Tensor, Tensor]:
+    """(dropout of ``x``, its keep mask), as compiled graphs call it: an operator whose body runs when the graph
+    runs, so it reads that pass's keys (a traced read of the context would fix the first pass's keys in the graph).
+    Outside ``sample_keys`` the mask is a Bernoulli draw of torch's generator."""
+    active = _ACTIVE.get()
+    if p >= 1.0:
+        mask = torch.zeros_like(x, dtype=torch.bool)
+    elif active is None:
+        mask = torch.empty_like(x).bernoulli_(1.0 - p).bool()
+    else:
+        mask = _keyed_mask(x, p, active)
+    return x * mask.to(x.dtype) / max(1.0 - p, 1e-12), mask
+
+
+@_compiled_dropout.register_fake
+def _(x: Tensor, p: float) -> tuple[Tensor, Tensor]:
+    return torch.empty_like(x), torch.empty_like(x, dtype=torch.bool)
+
+
+def _dropout_context(ctx, inputs, output) -> None:
+    ctx.save_for_backward(output[1])
+    ctx.p = inputs[1]
+
+
+def _dropout_backward(ctx, grad, _grad_mask):
+    (mask,) = ctx.saved_tensors
+    return grad * mask.to(grad.dtype) / max(1.0 - ctx.p, 1e-12), None
+
+
+_compiled_dropout.register_autograd(_dropout_backward, setup_context=_dropout_context)

@@ -54,7 +54,8 @@ RATIOS = ("logit", "released")
 # lets cuDNN do so by default; the released code and EDM switch it off: "fp32" is strict float32)
 PRECISIONS = {"fp32": (None, False), "tf32": (None, True), "bf16": (torch.bfloat16, False)}
 # may differ when resuming (the speed settings change no result beyond float round-off)
-RESUMABLE_CHANGES = {"iterations", "checkpoint_every", "log_every", "device", "channels_last", "cudnn_benchmark"}
+RESUMABLE_CHANGES = {"iterations", "checkpoint_every", "log_every", "device", "channels_last", "cudnn_benchmark",
+                     "compile"}
 MEMBER_KEYS = {"divergence", "estimator", "method", "ratio", "seed"}   # may differ between members of one Distiller
 RealSampler = Callable[[int, torch.Generator], tuple[Tensor, Tensor | None]]  # n -> (samples, labels or None)
 # the network passes of an iteration, one dropout stream each (a network in eval mode draws nothing)
@@ -103,6 +104,8 @@ class DistillConfig:
                                        # losses fp32)
     channels_last: bool = False        # image networks and their inputs in the NHWC layout (faster convolutions on GPUs)
     cudnn_benchmark: bool = False      # let cuDNN time its convolution algorithms (on GPUs; as the released code)
+    compile: str = ""                  # "" = eager; else the torch.compile backend of the network passes (inductor on
+                                       # GPUs; each pass variant compiles once, minutes for the paper's networks)
 
     def check(self):
         problems = [("batch_gpu", f"must be ≥ 0, got {self.batch_gpu}")] if self.batch_gpu < 0 else []
@@ -139,6 +142,9 @@ class DistillConfig:
             problems.append(("warmup_sim_images", "must be ≥ warmup_fake_images ≥ 0"))
         if self.precision not in PRECISIONS:
             problems.append(("precision", f"unknown precision {self.precision!r}; valid: {', '.join(PRECISIONS)}"))
+        if self.compile and self.compile not in torch.compiler.list_backends(exclude_tags=()):
+            problems.append(("compile", f"unknown torch.compile backend {self.compile!r}; valid: \"\" (eager), "
+                                        f"{', '.join(torch.compiler.list_backends(exclude_tags=()))}"))
         if self.device != "cpu" and not self.device.startswith("cuda"):
             problems.append(("device", f"must be cpu or cuda[:N], got {self.device!r}"))
         if len(self.ratio_clip) != 2 or not 0 < self.ratio_clip[0] < self.ratio_clip[1]:
@@ -226,6 +232,7 @@ class Distiller:
         torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = tf32
         torch.backends.cudnn.benchmark = cfg.cudnn_benchmark
         self._memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+        self._compiled: dict[tuple[int, str], Callable[..., Tensor]] = {}    # the compiled network passes
         for net in (self.teacher, self.fake, self.G, self.G_ema):
             if isinstance(net, nn.Module):
                 net.to(memory_format=self._memory_format)   # acts on 4-D parameters (convolution weights) only
@@ -310,7 +317,22 @@ class Distiller:
             dropout.sample_keys(functools.partial(self._dropout_keys, rows, stream))
         with torch.autocast(self.device.type, dtype=self.autocast or torch.float32, enabled=bool(self.autocast)), \
                 keyed:
-            return net(*args, **kw)
+            return self._compile(net)(*args, **kw)
+
+    def _compile(self, net: Callable[..., Tensor]) -> Callable[..., Tensor]:
+        """``net`` itself, or its compiled version (``compile``: one per network and method, reused; the networks keep
+        their parameters and state-dict keys)."""
+        if not self.cfg.compile:
+            return net
+        key = (id(getattr(net, "__self__", net)), getattr(net, "__name__", "forward"))
+        if key not in self._compiled:
+            # every pass variant (train/eval, with/without logits or gradients) of the three networks, which share
+            # their classes' code, is one entry of dynamo's cache
+            import torch._dynamo
+
+            torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+            self._compiled[key] = torch.compile(net, backend=self.cfg.compile)
+        return self._compiled[key]
 
     def generate(self, z: Tensor, net: nn.Module | None = None, labels: Tensor | None = None,
                  rows: Tensor | None = None) -> Tensor:
