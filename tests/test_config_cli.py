@@ -35,6 +35,26 @@ def test_shipped_params_yaml_is_valid():
     assert len(cfg.pairs) >= 3 and set(divergences.names()) <= set(cfg.divergences)
 
 
+def test_the_released_distill_block_is_complete_and_each_tier_writes_only_what_it_changes():
+    """The top-level distill is a complete DistillConfig (the released settings); toy, digits and paper merge it
+    (YAML merge keys, resolved by the loader, so each block arrives complete) and write only keys whose values differ."""
+    from uniinstruct.training.distill import DistillConfig
+
+    params = yaml.safe_load(open("params.yaml"))
+    released = load_section(DistillConfig, "distill", "params.yaml")
+    assert asdict(released) == params["distill"] and released.divergence == "jkl" and released.lsg == 100.0
+    text = open("params.yaml").read()
+    for path, block in (("toy.distill", params["toy"]["distill"]), ("digits.distill", params["digits"]["distill"]),
+                        ("paper.distill", params["paper"]["distill"])):
+        assert set(block) == set(params["distill"]), path
+        written = yaml.compose(text).value                      # the keys each block writes itself (not merged)
+        node = dict((k.value, v) for k, v in written)[path.split(".")[0]]
+        node = dict((k.value, v) for k, v in node.value)["distill"]
+        own = {k.value for k, _ in node.value if k.value != "<<"}
+        assert own and all(block[k] != params["distill"][k] for k in own), path
+        assert {k for k in block if block[k] != params["distill"][k]} == own, path
+
+
 @pytest.mark.parametrize("overrides, message", [
     ({"expansion.sigma_min": -1.0}, r"theory\.expansion\.sigma_min: must satisfy 0 ≤ sigma_min < sigma_max"),
     ({"expansion.n_nodes": 2}, r"theory\.expansion\.n_nodes: must be ≥ 4"),

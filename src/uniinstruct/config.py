@@ -4,8 +4,10 @@ Config sections are dataclasses; :func:`from_dict` builds one from a mapping and
 keys, missing keys, wrong types and bad values with a message that names the key path, e.g.
 ``params.yaml: theory.expansion.sigma_min: must be > 0, got -1``. :func:`load_section` reads ``params.yaml``, which
 must name every key (it is the complete record of a run's settings: a deleted key is an error, never a silent code
-default), and only the sections in :data:`SECTIONS`. Configs that inherit (``toy.wide.distill`` over ``toy.distill``,
-each ``paper.profiles[i].distill`` over ``paper.distill``) are merged by :func:`inherit`; a config class whose parts
+default), and only the sections in :data:`SECTIONS`. The tiers' ``distill`` blocks merge the top-level one with a
+YAML merge key (``<<: *released``), which the loader resolves: each block arrives complete. Configs that inherit
+(``toy.wide.distill`` over ``toy.distill``, each ``paper.profiles[i].distill`` over ``paper.distill``) are merged by
+:func:`inherit`; a config class whose parts
 inherit from its other keys says how in an ``inherited(data, path)`` static method, which :func:`from_dict` applies
 to the mapping first (so "every key" and range checks hold after the merge); it also returns where each inherited key
 is written (:func:`origins`), so that a bad inherited value is named there, not under the config that inherits it.
@@ -23,7 +25,8 @@ from typing import Any, Callable, Mapping, TypeVar
 import yaml
 
 T = TypeVar("T")
-SECTIONS = ("theory", "unification", "toy", "digits", "paper")      # the top-level sections of params.yaml
+# the top-level sections of params.yaml; ``distill`` holds the released settings that the tiers' distill blocks merge
+SECTIONS = ("theory", "unification", "distill", "toy", "digits", "paper")
 
 
 class ConfigError(ValueError):
