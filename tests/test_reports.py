@@ -337,3 +337,22 @@ def test_toy_tables_from_the_committed_metrics():
     low, high = stats.ttest_ind(fkl, fkl_off, equal_var=False).confidence_interval(0.95)
     line = next(x for x in toy.observations(df, wide, cfg) if "GAN on vs off, fkl" in x)
     assert f"difference {np.mean(fkl) - np.mean(fkl_off):+.3f}, 95% CI [{low:+.3f}, {high:+.3f}]" in line
+
+
+def test_figures_are_built_without_pyplot_and_saved_byte_identically(tmp_path):
+    """The library's figures leave pyplot's state alone (no open figures, backend unchanged) and the same figure
+    saves to the same bytes (no software version in the PNG)."""
+    import matplotlib
+    import pandas as pd
+
+    from uniinstruct import figures
+
+    backend = matplotlib.get_backend()
+    curves = pd.DataFrame({"run": ["ui-fkl-exact-s0"] * 3 + ["ui-rkl-exact-s0"] * 3, "iteration": [1, 2, 3] * 2,
+                           "generator": [3.0, 2.0, 1.0, 2.5, 2.0, 1.5], "fake_score": [1.0, 0.5, 0.25] * 2})
+    first = figures.save(figures.toy_losses(curves), tmp_path / "a" / "curves.png").read_bytes()
+    second = figures.save(figures.toy_losses(curves), tmp_path / "b.png").read_bytes()
+    assert first == second and first[:8] == b"\x89PNG\r\n\x1a\n" and b"Software" not in first
+    assert matplotlib.get_backend() == backend
+    import matplotlib.pyplot as plt
+    assert plt.get_fignums() == []

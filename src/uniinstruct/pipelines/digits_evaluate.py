@@ -28,7 +28,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from uniinstruct import kinds, provenance, tables
+from uniinstruct import figures, kinds, provenance, tables
 from uniinstruct.images import fid
 from uniinstruct.images.classifier import Classifier, classifier_features
 from uniinstruct.images.data import to_uint8
@@ -108,12 +108,12 @@ def evaluate_stage(cfg: DigitsConfig, params: dict, classifier_dir: Path, runs_d
         if info["kind"] in kinds.STUDENT_KINDS:
             history = json.loads((runs_dir / name / "run.json").read_text())["history"]
             curves += [{"run": name, **{k: v for k, v in h.items() if k != "phase"}} for h in history]
-    figures = out_dir / "figures"
-    figures.mkdir(parents=True, exist_ok=True)
+    figure_dir = out_dir / "figures"
+    figure_dir.mkdir(parents=True, exist_ok=True)
     for name, path, _ in sets:
-        (figures / f"{name}.png").write_bytes(path.with_suffix(".png").read_bytes())
+        (figure_dir / f"{name}.png").write_bytes(path.with_suffix(".png").read_bytes())
     frame = pd.DataFrame(rows)
-    _figures(frame, pd.DataFrame(curves), sets, figures)
+    _figures(frame, pd.DataFrame(curves), sets, figure_dir)
     tables.write_table(digits_reports.run_table(frame), out_dir / "table",
                        f"{cfg.dataset}: one-step students vs the teacher's Heun sampler"
                        + (f" (FID on {n_fid} images)" if n_fid else ""), f"tab:{cfg.dataset}")
@@ -140,31 +140,7 @@ def evaluate_stage(cfg: DigitsConfig, params: dict, classifier_dir: Path, runs_d
 
 def _figures(frame: pd.DataFrame, curves: pd.DataFrame, sets: list[tuple[str, Path, dict]], out: Path) -> None:
     """Sample grids side by side (teacher first) and the training curves of every run."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(sets), figsize=(3 * len(sets), 3.3), squeeze=False)
-    for ax, (name, path, _) in zip(axes[0], sets):
-        ax.imshow(plt.imread(path.with_suffix(".png")), cmap="gray")
-        row = frame[frame.run == name].iloc[0]
-        fid_text = "" if pd.isna(row.fid) else f"FID {row.fid:.1f}, "
-        ax.set_title(f"{name}\nNFE {row.nfe}, {fid_text}cFD {row.classifier_fd:.2f}", fontsize=8)
-        ax.axis("off")
-    fig.tight_layout()
-    fig.savefig(out / "samples.png", dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    if curves.empty:
-        return
-    keys = [k for k in ("generator", "fake_score", "discriminator", "generator_gan") if k in curves]
-    fig, axes = plt.subplots(1, len(keys), figsize=(3.5 * len(keys), 3), squeeze=False)
-    for ax, key in zip(axes[0], keys):
-        for run, group in curves.groupby("run"):
-            ax.plot(group["images"], group[key], label=run, lw=1)
-        ax.set_title(key, fontsize=9)
-        ax.set_xlabel("images")
-    axes[0][0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / "curves.png", dpi=100)
-    plt.close(fig)
+    figures.save(figures.digits_samples(frame, [(name, path.with_suffix(".png")) for name, path, _ in sets]),
+                 out / "samples.png")
+    if not curves.empty:
+        figures.save(figures.digits_losses(curves), out / "curves.png", tight=False)
