@@ -88,8 +88,7 @@ def resume_with_dropout(device: str, tiny: bool) -> dict:
     for batch_gpu in (0, cfg.batch // 2):
         d = distiller(batch_gpu=batch_gpu)
         d.step()
-        passes.append({key: torch.cat([p.grad.reshape(-1).double() for p in net.parameters() if p.grad is not None])
-                       for key, net in (("generator", d.G), ("fake", d.fake))})
+        passes.append({"generator": _gradient(d.G), "fake": _gradient(d.fake)})
     accumulation = {key: ((passes[1][key] - passes[0][key]).norm() / passes[0][key].norm()).item()
                     for key in passes[0]}
     return {"max_parameter_difference": diff, "accumulation_relative_gradient_difference": accumulation,
@@ -121,6 +120,11 @@ def _cifar_distiller(device: str, tiny: bool, batch: int, dropout: float = 0.0, 
                      copy.deepcopy(teacher).train().requires_grad_(True), real, 0.5)
 
 
+def _gradient(net: torch.nn.Module) -> torch.Tensor:
+    """The network's accumulated gradient as one float64 vector on the CPU."""
+    return torch.cat([p.grad.reshape(-1).double().cpu() for p in net.parameters() if p.grad is not None])
+
+
 def bf16_agreement(device: str, tiny: bool) -> dict:
     logs = {p: _cifar_distiller(device, tiny, 4 if tiny else 64, precision=p).step()[0] for p in ("fp32", "bf16")}
     keys = [k for k, v in logs["fp32"].items() if isinstance(v, float)]
@@ -145,10 +149,7 @@ def device_vs_cpu(device: str, tiny: bool) -> dict:
         fake_loss = losses.denoising_loss(y, to(x), to(sigma), 0.5).mean()
         fake_loss.backward()
         out[where] = {"generator_loss": loss.sum().item(), "fake_loss": fake_loss.item(),
-                      "generator_grad": torch.cat([p.grad.reshape(-1).double().cpu() for p in d.G.parameters()
-                                                   if p.grad is not None]),
-                      "fake_grad": torch.cat([p.grad.reshape(-1).double().cpu() for p in d.fake.parameters()
-                                              if p.grad is not None])}
+                      "generator_grad": _gradient(d.G), "fake_grad": _gradient(d.fake)}
     a, b_ = out["cpu"], out[device]
     return {"relative_difference": {
         "generator_loss": abs(a["generator_loss"] - b_["generator_loss"]) / abs(a["generator_loss"]),

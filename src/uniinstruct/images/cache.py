@@ -73,22 +73,16 @@ def build(source: Path, decode: Decoder) -> None:
     write_atomic(where / "source.json", lambda fh: fh.write(json.dumps(record, indent=1) + "\n"), mode="w")
 
 
-def ensure(source: Path, decode: Decoder) -> None:
-    """Build the cache of ``source`` unless a valid one exists (an invalid one is named on stderr first)."""
+def load(source: str | Path, decode: Decoder) -> tuple[Tensor, Tensor | None]:
+    """``decode(source)`` through the cache: decoded and written the first time (or when the cache does not match,
+    which is named on stderr), memory-mapped afterwards."""
+    source = Path(source)
     if not source.is_file():
         raise FileNotFoundError(f"{source} not found")
-    if not (folder(source) / "source.json").exists():
-        build(source, decode)
-        return
-    try:
-        _read(source)
-    except (ValueError, OSError, KeyError) as err:
-        print(f"{folder(source)}: rebuilt, the cache does not match ({err})", file=sys.stderr)
-        build(source, decode)
-
-
-def load(source: str | Path, decode: Decoder) -> tuple[Tensor, Tensor | None]:
-    """``decode(source)`` through the cache: decoded and written the first time, memory-mapped afterwards."""
-    source = Path(source)
-    ensure(source, decode)
+    if (folder(source) / "source.json").exists():
+        try:
+            return _read(source)
+        except (ValueError, OSError, KeyError) as err:
+            print(f"{folder(source)}: rebuilt, the cache does not match ({err})", file=sys.stderr)
+    build(source, decode)
     return _read(source)

@@ -86,7 +86,12 @@ def dropout(x: Tensor, p: float, training: bool) -> Tensor:
     active = _ACTIVE.get()
     if not training or p == 0.0 or p >= 1.0 or active is None:
         return F.dropout(x, p=p, training=training)
-    return x * _keyed_mask(x, p, active).to(x.dtype) / (1.0 - p)
+    return _scaled(x, _keyed_mask(x, p, active), p)
+
+
+def _scaled(x: Tensor, mask: Tensor, p: float) -> Tensor:
+    """``x`` where ``mask`` keeps it, scaled by 1 / (1 − p) (inverted dropout; 0 where p ≥ 1)."""
+    return x * mask.to(x.dtype) / max(1.0 - p, 1e-12)
 
 
 def _keyed_mask(x: Tensor, p: float, active: SampleKeys) -> Tensor:
@@ -112,7 +117,7 @@ def _compiled_dropout(x: Tensor, p: float) -> tuple[Tensor, Tensor]:
         mask = torch.empty_like(x).bernoulli_(1.0 - p).bool()
     else:
         mask = _keyed_mask(x, p, active)
-    return x * mask.to(x.dtype) / max(1.0 - p, 1e-12), mask
+    return _scaled(x, mask, p), mask
 
 
 @_compiled_dropout.register_fake
@@ -127,7 +132,7 @@ def _dropout_context(ctx, inputs, output) -> None:
 
 def _dropout_backward(ctx, grad, _grad_mask):
     (mask,) = ctx.saved_tensors
-    return grad * mask.to(grad.dtype) / max(1.0 - ctx.p, 1e-12), None
+    return _scaled(grad, mask, ctx.p), None
 
 
 _compiled_dropout.register_autograd(_dropout_backward, setup_context=_dropout_context)

@@ -109,11 +109,12 @@ def load_data(profile: PaperProfile, label_dim: int) -> tuple[torch.Tensor, torc
     decode = load_cifar10 if path.name.endswith((".tar.gz", ".tgz")) else load_edm_zip
     if ddp.is_main():
         try:
-            cache.ensure(path, decode)
+            images, labels = cache.load(path, decode)
         except Exception as err:
             ddp.fail_together(err)
     ddp.barrier()
-    images, labels = cache.load(path, decode)
+    if not ddp.is_main():
+        images, labels = cache.load(path, decode)
     if label_dim and labels is None:
         raise ValueError(f"{path}: the {profile.name} teacher is class-conditional but the data have no labels")
     return images, (labels if label_dim else None)

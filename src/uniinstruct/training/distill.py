@@ -142,9 +142,10 @@ class DistillConfig:
             problems.append(("warmup_sim_images", "must be ≥ warmup_fake_images ≥ 0"))
         if self.precision not in PRECISIONS:
             problems.append(("precision", f"unknown precision {self.precision!r}; valid: {', '.join(PRECISIONS)}"))
-        if self.compile and self.compile not in torch.compiler.list_backends(exclude_tags=()):
+        backends = torch.compiler.list_backends(exclude_tags=()) if self.compile else []
+        if self.compile and self.compile not in backends:
             problems.append(("compile", f"unknown torch.compile backend {self.compile!r}; valid: \"\" (eager), "
-                                        f"{', '.join(torch.compiler.list_backends(exclude_tags=()))}"))
+                                        f"{', '.join(backends)}"))
         if self.device != "cpu" and not self.device.startswith("cuda"):
             problems.append(("device", f"must be cpu or cuda[:N], got {self.device!r}"))
         if len(self.ratio_clip) != 2 or not 0 < self.ratio_clip[0] < self.ratio_clip[1]:
@@ -469,10 +470,11 @@ class Distiller:
         rows = [torch.cat([loss.float().reshape(count), torch.stack([terms[r][k].float() for r, k in keys])])
                 for loss, terms in rounds]
         invalid = [(~torch.stack(list(ratio_checks))).float()] if ratio_checks else []
+        logged = len(rows) * len(rows[0])
         values = ddp.mean(torch.cat([torch.stack(rows).reshape(-1), *invalid])).cpu()   # the host sync
-        if ratio_checks and values[len(rows) * len(rows[0]):].any():
+        if values[logged:].any():
             raise ValueError(losses.BAD_RATIO)
-        table = values[:len(rows) * len(rows[0])].reshape(len(rows), -1)
+        table = values[:logged].reshape(len(rows), -1)
         logs: list[dict[str, float]] = [{} for _ in self.members]
         for row in table:
             self._guard(row[:count], what)
