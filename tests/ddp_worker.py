@@ -1,4 +1,4 @@
-"""Worker for the data-parallel test: a few Distiller steps on a tiny UNet, run as one process or under torchrun.
+"""Worker for the data-parallel test: a few Distiller steps on the digits tier's network at 8 channels, run as one process or under torchrun.
 
 usage: python tests/ddp_worker.py OUT.pt [--ddpmpp]
    or: python -m torch.distributed.run --nproc_per_node 2 tests/ddp_worker.py OUT.pt [--ddpmpp]
@@ -14,9 +14,8 @@ import sys
 import torch
 
 from uniinstruct.images.data import load
-from uniinstruct.networks import EDMPrecond, UNet
 from uniinstruct.networks.edm_unets import ddpmpp_cifar10
-from uniinstruct.pipelines.digits import real_sampler
+from uniinstruct.pipelines.digits import DigitsConfig, NetworkConfig, build_network, real_sampler
 from uniinstruct.training import checkpoint, ddp
 from uniinstruct.training.distill import DistillConfig, Distiller
 
@@ -28,8 +27,10 @@ def build(iterations: int = 1, ddpmpp: bool = False) -> tuple[DistillConfig, Dis
         teacher, label_dim = ddpmpp_cifar10(label_dim=0, augment_dim=0, model_channels=16, channel_mult=[1, 2]), 0
         sample = lambda n, gen: (torch.rand(n, 3, 32, 32, generator=gen) * 2 - 1, None)   # noqa: E731
     else:
-        teacher, label_dim = EDMPrecond(UNet(8, 1, 10, model_channels=8, channel_mult=(1, 2)), 0.5), 10
-        sample = real_sampler(load("digits"))
+        data = load("digits")
+        cfg = DigitsConfig(conditional=True, network=NetworkConfig(model_channels=8))
+        teacher, label_dim = build_network(cfg, data), 10
+        sample = real_sampler(data)
     with torch.no_grad():
         for p in teacher.parameters():
             p.add_(0.05 * torch.randn(p.shape))

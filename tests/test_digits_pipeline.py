@@ -16,7 +16,7 @@ from uniinstruct import divergences, provenance
 from uniinstruct.config import ConfigError, from_dict
 from uniinstruct.images.data import load
 from uniinstruct.kinds import ROW_KINDS
-from uniinstruct.networks import EDMPrecond, UNet
+from uniinstruct.networks.edm_unets import EDMPrecondNet
 from uniinstruct.pipelines.digits import DigitsConfig, real_sampler
 from uniinstruct.training import checkpoint
 from uniinstruct.training.distill import DistillConfig, Distiller
@@ -31,9 +31,11 @@ def data():
     return load("digits")
 
 
-def tiny_teacher(label_dim: int = 0, dropout: float = 0.0) -> EDMPrecond:
+def tiny_teacher(label_dim: int = 0, dropout: float = 0.0) -> EDMPrecondNet:
+    """The digits tier's network family (DDPM++ at 8×8) at 8 channels."""
     torch.manual_seed(0)
-    net = EDMPrecond(UNet(8, 1, label_dim, model_channels=8, channel_mult=(1, 2), dropout=dropout), 0.5)
+    net = EDMPrecondNet(8, 1, label_dim, model_type="SongUNet", model_channels=8, channel_mult=[1, 2], num_blocks=1,
+                        attn_resolutions=[], dropout=dropout)
     with torch.no_grad():
         for p in net.parameters():
             p.add_(0.05 * torch.randn(p.shape))
@@ -59,7 +61,7 @@ def test_every_divergence_steps_a_unet(name, estimator, data):
     logs = d.step()[0]
     assert logs["phase"] == "divergence"
     assert all(torch.isfinite(torch.tensor(v)) for k, v in logs.items() if isinstance(v, float))
-    grads = [p.grad for n, p in d.G.named_parameters() if not n.startswith("backbone.disc")]
+    grads = [p.grad for p in d.G.parameters()]
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
     assert torch.isfinite(flat(d.G)).all() and not torch.equal(flat(d.G), before)
 
@@ -109,8 +111,8 @@ def test_networks_run_in_eval_mode_where_the_released_code_does(data):
     in eval mode (no dropout in either, as the released code); both train otherwise and end in train mode."""
     d = distiller(replace(TINY, warmup_fake_images=0, warmup_sim_images=0), data, dropout=0.2)
     seen = {"G": [], "fake": []}                               # the first encoder layer runs in every pass
-    d.G.backbone.conv_in.register_forward_hook(lambda m, i, o: seen["G"].append(m.training))
-    d.fake.backbone.conv_in.register_forward_hook(lambda m, i, o: seen["fake"].append(m.training))
+    d.G.model.enc["8x8_conv"].register_forward_hook(lambda m, i, o: seen["G"].append(m.training))
+    d.fake.model.enc["8x8_conv"].register_forward_hook(lambda m, i, o: seen["fake"].append(m.training))
     d.fake_step()
     assert seen == {"G": [False], "fake": [True, True]}        # generator sample; fake score on fake and real
     seen["G"].clear(), seen["fake"].clear()
@@ -138,13 +140,13 @@ def test_nan_guard_keeps_the_last_checkpoint(tmp_path, data):
 @pytest.mark.parametrize("network", ["digits", "ddpmpp"])
 def test_two_gloo_processes_match_one_process(tmp_path, network):
     """Data parallelism: 2 processes × 4 samples give the gradients of 1 process × 8 samples (fake score and
-    generator, one full iteration with the GAN term): the digits UNet, class-conditional, and a small DDPM++ with the
+    generator, one full iteration with the GAN term): the digits tier's 8×8 DDPM++, class-conditional, and a 32×32 one with the
     CIFAR-10 profiles' dropout 0.13 (its masks keyed by sample: each process draws its rows' masks of the whole batch).
 
     Tolerance: float32 sums in another order differ by ~1e-6 relative (DDPM++: 1.3e-6 and 6e-7 in norm; with torch's
     own dropout, as before the masks were keyed, 0.12 and 1.04). The largest entry's difference is compared with the
     largest unclipped gradient (the fake score's gradients are clipped by value at ``grad_clip`` 1, and 20% of the
-    DDPM++'s sit at it): 1e-5 of it for the digits UNet, 5e-5 for the DDPM++, whose 32×32 convolutions sum more
+    DDPM++'s sit at it): 1e-5 of it at 8×8, 5e-5 at 32×32, whose convolutions sum more
     terms (measured 1.9e-5: an entry of 0.556). Weights are not compared: Adam's first step is lr·sign(g), so
     weights whose exact gradient is zero (a bias before a one-channel GroupNorm) move either way on float noise."""
     one, two = tmp_path / "one.pt", tmp_path / "two.pt"
@@ -301,7 +303,7 @@ def test_conditional_teacher_stage_and_labels(tmp_path, tiny_digits_params):
     labels = digits.sample_labels(cfg, data, 20)
     assert torch.equal(labels.argmax(1), torch.arange(20) % 10)
     net = digits.load_teacher(cfg, data, tmp_path)
-    assert net.backbone.label_dim == 10
+    assert net.label_dim == net.model.label_dim == 10
     assert torch.load(tmp_path / "samples" / "teacher-heun.pt", weights_only=True).shape == (20, 1, 8, 8)
 
 
@@ -474,13 +476,13 @@ def test_summary_table_gives_each_setting_its_interval_over_seeds():
 
     from uniinstruct.reports.digits import summary_table
 
-    base = {"method": "", "estimator": "", "gan": "", "nfe": 0}
+    base = {"method": "", "estimator": "", "gan": False, "nfe": 0}
     ui = {"kind": "uni-instruct", "method": "", "divergence": "fkl", "estimator": "exact", "nfe": 1}
     rows = [{**base, "kind": "data", "divergence": "", "classifier_fd": 0.2},
             {**base, "kind": "teacher", "divergence": "", "nfe": 35, "classifier_fd": 2.9},
-            *[{**ui, "gan": "yes", "classifier_fd": v} for v in (3.0, 4.0, 6.5)],
-            {**ui, "gan": "no", "classifier_fd": 7.0},
-            *[{**base, "kind": "method", "method": m, "divergence": "", "gan": "yes", "nfe": 1, "classifier_fd": v}
+            *[{**ui, "gan": True, "classifier_fd": v} for v in (3.0, 4.0, 6.5)],
+            {**ui, "gan": False, "classifier_fd": 7.0},
+            *[{**base, "kind": "method", "method": m, "divergence": "", "gan": True, "nfe": 1, "classifier_fd": v}
               for m, v in (("sida", 5.0), ("dmd2", 6.0), ("sida", 5.5))]]
     frame = pd.DataFrame([{**r, "classifier_fd_draws": [r["classifier_fd"]]} for r in rows])    # one draw each
     table = summary_table(frame)
@@ -503,10 +505,10 @@ def test_summary_table_takes_one_runs_interval_over_its_draws_and_compares_stude
 
     from uniinstruct.reports.digits import summary_table
 
-    base = {"method": "", "estimator": "", "gan": "", "divergence": ""}
+    base = {"method": "", "estimator": "", "gan": False, "divergence": ""}
     frame = pd.DataFrame([{**base, "kind": "teacher", "nfe": 35, "classifier_fd": 2.0,
                            "classifier_fd_draws": [1.5, 2.5]},
-                          *[{**base, "kind": "uni-instruct", "divergence": "fkl", "estimator": "exact", "gan": "yes",
+                          *[{**base, "kind": "uni-instruct", "divergence": "fkl", "estimator": "exact", "gan": True,
                              "nfe": 1, "classifier_fd": v, "classifier_fd_draws": [v - 0.5, v + 0.5]}
                             for v in (3.0, 4.0)]])
     teacher, student = summary_table(frame).to_dict("records")

@@ -55,3 +55,26 @@ def test_digits_rows_name_a_prior_method_in_its_method_field(tmp_path):
     rows = [info for _, _, info in sample_sets(tmp_path / "samples", tmp_path / "runs")]
     assert [(r["kind"], r["method"], r["divergence"]) for r in rows] == [
         ("teacher", "", ""), ("method", "sida", ""), ("uni-instruct", "", "fkl")]
+
+
+def test_both_tiers_describe_a_run_with_the_same_fields_and_a_boolean_gan(tmp_path):
+    """The toy's and the digits' rows of one run agree on every field they share (one describer, kinds.describe_run);
+    the GAN term is a bool in both (the tables show it as yes/no)."""
+    from uniinstruct.kinds import describe_run
+    from uniinstruct.pipelines import toy
+    from uniinstruct.pipelines.digits_evaluate import sample_sets
+
+    config = {"method": "", "divergence": "jkl", "estimator": "exact", "ratio": "logit", "seed": 3, "use_gan": False}
+    (tmp_path / "samples").mkdir()
+    (tmp_path / "samples" / "samples.json").write_text(json.dumps({"sets": [
+        {"name": "teacher-heun", "nfe": 35}, {"name": "ui-jkl-exact-nogan-s3", "nfe": 1}]}))
+    (tmp_path / "runs" / "ui-jkl-exact-nogan-s3").mkdir(parents=True)
+    (tmp_path / "runs" / "ui-jkl-exact-nogan-s3" / "run.json").write_text(json.dumps(
+        {"config": config, "status": "ok", "provenance": {}}))
+    teacher, digits_row = [info for _, _, info in sample_sets(tmp_path / "samples", tmp_path / "runs")]
+    toy_row = toy._describe_run({"config": config, "network": "64×3", "status": "ok", "provenance": {}})
+    shared = describe_run(config)
+    assert shared == {"kind": "uni-instruct", "method": "", "divergence": "jkl", "estimator": "exact", "gan": False,
+                      "seed": 3, "nfe": 1}
+    assert {k: digits_row[k] for k in shared} == {k: toy_row[k] for k in shared} == shared
+    assert teacher["gan"] is False and describe_run({**config, "use_gan": True})["gan"] is True

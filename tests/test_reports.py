@@ -126,7 +126,7 @@ def test_divergence_ablation_puts_our_runs_on_the_rows_of_their_setting(tmp_path
     for div in ("rkl", "fkl", "jkl"):                     # digits: mean over its runs, computed here from the JSON
         for gan in [g for g in ("yes", "no") if (reports.label(div), "no", g) in by]:
             runs = [r for r in DIGITS["rows"] if r["divergence"] == div and r["kind"] == "uni-instruct"
-                    and r["gan"] == gan]
+                    and r["gan"] == (gan == "yes")]
             cell = by[(reports.label(div), "no", gan)]["digits classifier FD (ours)"]
             assert cell == (f"{mean_of(runs, 'classifier_fd'):.2f}" if runs else reports.NOT_RUN)
     for div in ("chi2", "js", "jkl", "rkl", "fkl"):       # toy: mean over the exact-estimator seeds, GAN on ...
@@ -193,7 +193,7 @@ def test_status_table_has_every_paper_number_and_our_cpu_runs(tmp_path):
     wide = cpu.method.str.contains("held-out seeds").sum()
     assert len(cpu) == sum(r["kind"] == "uni-instruct" for r in DIGITS["rows"]) + 8 + wide   # digits, toy, wide toy
     for r in (r for r in DIGITS["rows"] if r["kind"] == "uni-instruct" and r["status"] == "ok"):
-        seed = f"seed {r['seed']}" + ("" if r["gan"] == "yes" else ", no GAN")
+        seed = f"seed {r['seed']}" + ("" if r["gan"] else ", no GAN")
         row = cpu[cpu.method == f"Uni-Instruct ({reports.label(r['divergence'])}, {seed})"]
         assert list(row.ours) == [f"{r['classifier_fd']:.2f} ± {r['classifier_fd_half']:.2f} (95%, draws)"]
     assert (cpu.hardware.str.startswith("CPU: ")).all()
@@ -280,17 +280,17 @@ def _digits_frame() -> "pd.DataFrame":
 
     row = lambda **kw: {"method": "", "estimator": "exact", "nfe": 1, "status": "ok", **kw}   # noqa: E731
     return pd.DataFrame([
-        row(run="real-subset", kind="data", divergence="", estimator="", gan="", nfe=0, classifier_fd=0.5,
+        row(run="real-subset", kind="data", divergence="", estimator="", gan=False, nfe=0, classifier_fd=0.5,
             classifier_fd_half=0.25, classifier_fd_draws=[0.4, 0.5, 0.6]),
-        row(run="teacher-heun", kind="teacher", divergence="", estimator="", gan="", nfe=35, classifier_fd=0.8,
+        row(run="teacher-heun", kind="teacher", divergence="", estimator="", gan=False, nfe=35, classifier_fd=0.8,
             classifier_fd_half=0.25, classifier_fd_draws=[0.7, 0.8, 0.9]),
-        row(run="ui-jkl-s1", kind="uni-instruct", divergence="jkl", gan="yes", classifier_fd=0.9,
+        row(run="ui-jkl-s1", kind="uni-instruct", divergence="jkl", gan=True, classifier_fd=0.9,
             classifier_fd_draws=[0.9]),
-        row(run="ui-jkl-s2", kind="uni-instruct", divergence="jkl", gan="yes", classifier_fd=1.1,
+        row(run="ui-jkl-s2", kind="uni-instruct", divergence="jkl", gan=True, classifier_fd=1.1,
             classifier_fd_draws=[1.1]),
-        row(run="ui-jkl-nogan-s1", kind="uni-instruct", divergence="jkl", gan="no", classifier_fd=1.6,
+        row(run="ui-jkl-nogan-s1", kind="uni-instruct", divergence="jkl", gan=False, classifier_fd=1.6,
             classifier_fd_draws=[1.6]),
-        row(run="ui-jkl-nogan-s2", kind="uni-instruct", divergence="jkl", gan="no", classifier_fd=2.2,
+        row(run="ui-jkl-nogan-s2", kind="uni-instruct", divergence="jkl", gan=False, classifier_fd=2.2,
             classifier_fd_draws=[2.2]),
     ])
 

@@ -367,7 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "--out-dir": ("results/digits", "tables, metrics, curves, figures"),
                    "--metrics": ("results/metrics/digits.json", "the DVC metrics summary")}
     _tier(sub, "digits", "the image tier on CPU (params section: digits)", {
-        "teacher": (cmd_digits_teacher, "train the UNet teacher", ["--teacher-dir"],
+        "teacher": (cmd_digits_teacher, "train the DDPM++ teacher", ["--teacher-dir"],
                     lambda p: p.add_argument("--threads", type=int, default=1,
                                              help="torch threads (default 1; the pipeline runs this stage alone and "
                                                   "uses both cores of its 2-core machine)")),

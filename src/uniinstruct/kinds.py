@@ -24,6 +24,16 @@ def run_kind(config: Mapping) -> str:
     return "method" if config["method"] else "uni-instruct"
 
 
+def describe_run(config: Mapping) -> dict:
+    """The fields of a distillation run's metrics row that come from its settings (a ``run.json``'s ``config``), the
+    same for every tier: its kind, method or divergence and estimator, whether it has the GAN term (a bool), seed
+    and NFE."""
+    method = config["method"]
+    return {"kind": run_kind(config), "method": method, "divergence": "" if method else config["divergence"],
+            "estimator": "" if method else config["estimator"], "gan": bool(config["use_gan"]),
+            "seed": config["seed"], "nfe": 1}
+
+
 def kind_label(row: Mapping) -> str:
     """A row's kind with its detail, as the tables show it: ``teacher (learned)``, ``ceiling (3000 regression
     steps)``; the other kinds (and a teacher without a ``teacher`` field) as they are."""

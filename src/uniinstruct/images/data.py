@@ -3,7 +3,7 @@
 * ``digits``: ``sklearn.datasets.load_digits`` — 1,797 grey 8×8 images of the digits 0–9 (17 grey levels),
   with labels;
 * ``lfw``: ``skimage.data.lfw_subset`` — 200 grey 25×25 faces (100 faces, 100 non-faces), centre-cropped to
-  24×24 so that the UNet can halve the resolution; needs ``pip install scikit-image``.
+  24×24 so that the network can halve the resolution; needs ``pip install scikit-image``.
 """
 
 from __future__ import annotations

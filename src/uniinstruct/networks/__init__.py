@@ -1,8 +1,14 @@
-"""Networks: EDM preconditioning and the backbones of each tier."""
+"""Networks: EDM preconditioning and the backbones of each tier: the toy's MLP (``mlp.py``) and EDM's UNets
+(``edm_unets.py``: DDPM++ for the digits tier and CIFAR-10, ADM for ImageNet-64)."""
+
+from torch import nn
 
 from uniinstruct.networks.edm import EDMPrecond
 from uniinstruct.networks.mlp import ToyBackbone
-from uniinstruct.networks.unet import UNet, parameter_count
+
+
+def parameter_count(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
 
 
 def toy_denoiser(dim: int = 2, hidden: int = 128, depth: int = 3, sigma_data: float = 0.5,
@@ -12,4 +18,4 @@ def toy_denoiser(dim: int = 2, hidden: int = 128, depth: int = 3, sigma_data: fl
     return EDMPrecond(ToyBackbone(dim, hidden, depth, members=members), sigma_data)
 
 
-__all__ = ["EDMPrecond", "ToyBackbone", "UNet", "parameter_count", "toy_denoiser"]
+__all__ = ["EDMPrecond", "ToyBackbone", "parameter_count", "toy_denoiser"]

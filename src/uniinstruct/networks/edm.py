@@ -26,19 +26,23 @@ def edm_coefficients(sigma: Tensor, sigma_data: float) -> tuple[Tensor, Tensor, 
     return c_skip, c_out, c_in, c_noise
 
 
-# One class cannot serve both tiers: EDM's EDMPrecondNet (networks/edm_unets.py) must keep EDM's parameter names
-# (``model.*``), its fp32/fp16 casts, label handling and encoder/decoder split; both share edm_coefficients.
+# The toy's preconditioner. The image tiers use EDM's EDMPrecondNet (networks/edm_unets.py), which must keep EDM's
+# parameter names (``model.*``), its fp32/fp16 casts, label handling and encoder/decoder split; both share
+# edm_coefficients.
 class EDMPrecond(nn.Module):
-    """An x₀-predicting denoiser D(x; σ) with EDM's preconditioning."""
+    """An x₀-predicting denoiser D(x; σ) with EDM's preconditioning around any backbone (the toy's MLP)."""
 
     def __init__(self, backbone: nn.Module, sigma_data: float = 0.5):
         super().__init__()
         self.backbone = backbone        # F(x_in, c_noise, class_labels) -> (F, logits or None)
         self.sigma_data = sigma_data    # expected standard deviation of the training data
 
+    def _coefficients(self, x: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """edm_coefficients at σ broadcast against x (σ in x's dtype)."""
+        return edm_coefficients(sigma.to(x.dtype).reshape(-1, *([1] * (x.ndim - 1))), self.sigma_data)
+
     def forward(self, x: Tensor, sigma: Tensor, class_labels: Tensor | None = None, return_logits: bool = False):
-        sigma = sigma.to(x.dtype).reshape(-1, *([1] * (x.ndim - 1)))
-        c_skip, c_out, c_in, c_noise = edm_coefficients(sigma, self.sigma_data)
+        c_skip, c_out, c_in, c_noise = self._coefficients(x, sigma)
         out, logits = self.backbone(c_in * x, c_noise, class_labels)
         denoised = c_skip * x + c_out * out.to(x.dtype)      # fp32 outputs under autocast
         logits = logits.to(x.dtype) if logits is not None else None
@@ -47,12 +51,11 @@ class EDMPrecond(nn.Module):
     def encoder_logits(self, x: Tensor, sigma: Tensor, class_labels: Tensor | None = None) -> Tensor:
         """The discriminator head's logits alone: the backbone's encoder and head, not its denoising head (the
         logits equal those of ``forward(..., return_logits=True)``)."""
-        sigma = sigma.to(x.dtype).reshape(-1, *([1] * (x.ndim - 1)))
-        _, _, c_in, c_noise = edm_coefficients(sigma, self.sigma_data)
+        _, _, c_in, c_noise = self._coefficients(x, sigma)
         return self.backbone.encoder_logits(c_in * x, c_noise, class_labels).to(x.dtype)
 
 
-# Sinusoidal embedding of c_noise, shared by EDM's UNets (networks/edm_unets.py) and the digits UNet (networks/unet.py).
+# Sinusoidal embedding of c_noise (EDM's UNets, networks/edm_unets.py).
 def positional_frequencies(num_channels: int, max_positions: int = 10_000, endpoint: bool = False,
                            device: torch.device | None = None) -> Tensor:
     """f_k = (1/max_positions)^(k/n), k < num_channels/2, n = num_channels/2 (− 1 with ``endpoint``), in float32."""

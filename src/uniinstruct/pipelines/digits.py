@@ -1,6 +1,6 @@
 """The image tier on CPU (``digits`` by default): teacher, classifier, distill, sample, evaluate.
 
-* teacher: an EDM-preconditioned UNet trained with EDM's loss on the whole data set, saved as a plain
+* teacher: EDM's DDPM++ (the paper tier's CIFAR-10 network, at 8×8 and a few channels) trained with EDM's loss on the whole data set, saved as a plain
   state_dict plus JSON config;
 * classifier: a small classifier of the data set's classes, for a fast Fréchet distance (reports test accuracy);
 * distill: Uni-Instruct with the generator and the fake score initialised from the teacher, the generator
@@ -24,7 +24,8 @@ from uniinstruct import divergences, losses, parallel, provenance
 from uniinstruct.config import positive, valid_names
 from uniinstruct.images.classifier import ClassifierConfig, train_classifier
 from uniinstruct.images.data import ImageDataset, index_sampler, load, one_hot, save_grid
-from uniinstruct.networks import EDMPrecond, UNet, parameter_count
+from uniinstruct.networks import parameter_count
+from uniinstruct.networks.edm_unets import EDMPrecondNet
 from uniinstruct.sampling import heun_nfe, heun_sampler, one_step_sample
 from uniinstruct.training import checkpoint, ddp
 from uniinstruct.training.distill import DistillConfig, Distiller, prune_runs, run_name_of, train_and_record
@@ -107,11 +108,11 @@ def label_dim(cfg: DigitsConfig, data: ImageDataset) -> int:
     return data.num_classes if cfg.conditional else 0
 
 
-def build_network(cfg: DigitsConfig, data: ImageDataset) -> EDMPrecond:
+def build_network(cfg: DigitsConfig, data: ImageDataset) -> EDMPrecondNet:
+    """EDM's DDPM++ (``SongUNet``, the paper tier's CIFAR-10 network) at the size of ``digits.network``."""
     c, h, _ = data.shape
-    n = cfg.network
-    return EDMPrecond(UNet(h, c, label_dim(cfg, data), n.model_channels, tuple(n.channel_mult), n.num_blocks,
-                           tuple(n.attn_resolutions), n.dropout), cfg.sigma_data)
+    return EDMPrecondNet(h, c, label_dim(cfg, data), sigma_data=cfg.sigma_data, model_type="SongUNet",
+                         **asdict(cfg.network))
 
 
 def real_sampler(data: ImageDataset):
@@ -125,13 +126,13 @@ def sample_labels(cfg: DigitsConfig, data: ImageDataset, n: int) -> torch.Tensor
 
 
 # ---------------------------------------------------------------------------- teacher stage
-def train_teacher(cfg: DigitsConfig, data: ImageDataset, progress: bool = False) -> tuple[EDMPrecond, list[float]]:
+def train_teacher(cfg: DigitsConfig, data: ImageDataset, progress: bool = False) -> tuple[EDMPrecondNet, list[float]]:
     """EDM's loss: ln σ ~ N(P_mean, P_std²), λ(σ)‖D(x + σε; σ) − x‖², Adam with a cosine schedule."""
     return train_denoiser(cfg.teacher_train, lambda: build_network(cfg, data), real_sampler(data), cfg.sigma_data,
                           cfg.distill.p_mean, cfg.distill.p_std, label_dim(cfg, data), progress)
 
 
-def load_teacher(cfg: DigitsConfig, data: ImageDataset, teacher_dir: Path) -> EDMPrecond:
+def load_teacher(cfg: DigitsConfig, data: ImageDataset, teacher_dir: Path) -> EDMPrecondNet:
     net = build_network(cfg, data)
     net.load_state_dict(checkpoint.load(teacher_dir / "teacher.pt"))
     return net.eval().requires_grad_(False)
@@ -154,7 +155,7 @@ def teacher_stage(cfg: DigitsConfig, params: dict, out_dir: Path, progress: bool
 class _with_labels(torch.nn.Module):
     """A denoiser with its labels bound, for samplers that call D(x, σ) on a fixed batch."""
 
-    def __init__(self, net: EDMPrecond, labels: torch.Tensor):
+    def __init__(self, net: EDMPrecondNet, labels: torch.Tensor):
         super().__init__()
         self.net, self.labels = net, labels
 

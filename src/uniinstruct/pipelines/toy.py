@@ -464,9 +464,5 @@ def _describe_run(info: dict) -> dict:
         return {"kind": "ceiling", "regression_steps": info["iterations"], "network": info["network"],
                 "divergence": "", "estimator": "", "method": "", "ratio": "", "seed": info["seed"], "nfe": 1,
                 "status": info["status"], "gan": False}
-    c = info["config"]
-    return {"kind": kinds.run_kind(c), "network": info["network"],
-            "divergence": "" if c["method"] else c["divergence"],
-            "estimator": "" if c["method"] else c["estimator"], "method": c["method"], "ratio": c["ratio"],
-            "seed": c["seed"], "nfe": 1, "gan": c["use_gan"],
+    return {**kinds.describe_run(info["config"]), "network": info["network"], "ratio": info["config"]["ratio"],
             "status": info["status"] if info["status"] == "ok" else f"diverged at iteration {info['diverged_at']}"}

@@ -47,8 +47,8 @@ def _toy_cells(means: dict[str, dict], divergence: str | None) -> dict:
                             f"{m['mode_min_ratio']:.2f}")))
 
 
-def _digits_cells(digits: dict, divergence: str | None, gan: str = "yes") -> dict:
-    """The mean classifier FD of the digits runs of one divergence with (``gan`` "yes") or without the GAN term."""
+def _digits_cells(digits: dict, divergence: str | None, gan: bool = True) -> dict:
+    """The mean classifier FD of the digits runs of one divergence with or without (``gan``) the GAN term."""
     rows = [r for r in digits["rows"] if r["kind"] == "uni-instruct" and r["divergence"] == divergence
             and r["estimator"] == "exact" and r["gan"] == gan and r["status"] == "ok"]
     if not rows:

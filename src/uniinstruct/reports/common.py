@@ -24,6 +24,11 @@ def label(divergence: str) -> str:
     return DIVERGENCE_LABELS.get(divergence, divergence)
 
 
+def yes_no(flag: bool) -> str:
+    """A boolean of a metrics row (the GAN term) as the tables show it."""
+    return "yes" if flag else "no"
+
+
 def describe_hardware(hw: dict) -> str:
     """One line for a provenance ``hardware`` block: the GPU if one ran, else the CPU count."""
     if hw.get("cuda"):

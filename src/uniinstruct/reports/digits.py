@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from uniinstruct import kinds, tables
+from uniinstruct.reports.common import yes_no
 
 
 def _minus(scores, teacher_scores) -> str:
@@ -47,7 +48,8 @@ def summary_table(frame: pd.DataFrame) -> pd.DataFrame:
         scores, over = _scores(group)
         mean, half = tables.mean_interval(scores)
         vs = _minus(scores, teacher_scores) if kind in kinds.STUDENT_KINDS and teacher_scores else ""
-        rows.append({"kind": kind, "model": _setting_name(kind, method, divergence), "estimator": estimator, "GAN": gan,
+        rows.append({"kind": kind, "model": _setting_name(kind, method, divergence), "estimator": estimator,
+                     "GAN": yes_no(gan) if kind in kinds.STUDENT_KINDS else "",
                      "NFE": int(group.nfe.iloc[0]), "seeds": len(group),
                      "classifier FD": tables.format_interval(scores), "interval over": over, "mean": mean,
                      "95% half-width": "" if np.isnan(half) else half, "best": float(group.classifier_fd.min()),
@@ -60,7 +62,7 @@ def gan_effect(students: pd.DataFrame) -> dict[str, dict[str, float]]:
     minus off) and its 95% Welch interval over seeds."""
     out = {}
     for divergence, group in students[students.kind == "uni-instruct"].groupby("divergence"):
-        on, off = group[group.gan == "yes"].classifier_fd, group[group.gan == "no"].classifier_fd
+        on, off = group[group.gan].classifier_fd, group[~group.gan].classifier_fd
         if len(on) and len(off):
             diff, low, high = tables.welch_interval(on, off)
             out[divergence] = {"difference": diff, "low": None if np.isnan(low) else low,
@@ -77,6 +79,7 @@ def run_table(frame: pd.DataFrame) -> pd.DataFrame:
     out.columns = ["run", "divergence", "estimator", "GAN", "seed", "NFE", "status", "FID", "FID images",
                    "classifier FD (mean of draws)", "95% half-width (draws)", "draws", "cFD images per draw",
                    "rarest class ratio", "confidence"]
+    out["GAN"] = [yes_no(gan) if kind in kinds.STUDENT_KINDS else "" for kind, gan in zip(frame.kind, frame.gan)]
     teacher = frame[frame.kind == "teacher"]
     out.insert(out.columns.get_loc("95% half-width (draws)") + 1, "minus teacher (95%, draws)",
                [_minus(draws, teacher.classifier_fd_draws.iloc[0]) if kind in kinds.STUDENT_KINDS and len(teacher)

@@ -13,7 +13,7 @@ from uniinstruct import paper_data, provenance, tables
 from uniinstruct.reports.cells import (_digits_cells, _digits_fd_metric, _plus_minus, _toy_cells, _toy_means,
                                        _toy_network)
 from uniinstruct.reports.common import (NOT_IN_PAPER, NOT_RUN, _REGISTRY_NAMES, _known, _model_name, describe_hardware,
-                                        label, write_report)
+                                        label, write_report, yes_no)
 from uniinstruct.reports.paper import PROFILE_TABLES, _ours, paper_run_files, paper_runs
 
 
@@ -24,24 +24,25 @@ def divergence_ablation(results_dir: str | Path, toy: dict, digits: dict) -> pd.
     term and no SiD initialisation, so only the paper's rows with that setting get their numbers; the divergences we ran
     that the paper did not get rows of their own.
     """
-    toy_gan = "yes" if toy["provenance"]["params"]["distill"]["use_gan"] else "no"
-    cifar = {(r["divergence"], "yes" if r["provenance"]["params"]["distill"]["use_gan"] else "no"): r
+    toy_gan = bool(toy["provenance"]["params"]["distill"]["use_gan"])
+    cifar = {(r["divergence"], bool(r["provenance"]["params"]["distill"]["use_gan"])): r
              for r in paper_runs(results_dir) if r["profile"] == "cifar10-uncond"}
-    toy_means = {"yes": _toy_means(toy, gan=True), "no": _toy_means(toy, gan=False)}
+    toy_means = {gan: _toy_means(toy, gan=gan) for gan in (True, False)}
     rows, seen = [], set()
     for p in paper_data.read("divergence_ablation"):
-        key = _REGISTRY_NAMES.get(p["divergence"])
+        key, gan = _REGISTRY_NAMES.get(p["divergence"]), p["gan"] == "yes"
         seen.add(key)
-        run = cifar.pop((key, p["gan"]), None) if p["sid_init"] == "no" else None
+        run = cifar.pop((key, gan), None) if p["sid_init"] == "no" else None
         row = {"divergence": p["divergence"], "SiD init": p["sid_init"], "GAN": p["gan"],
                "CIFAR-10 FID (paper)": p["fid"], "CIFAR-10 FID (ours)": f"{run['min']:.2f}" if run else NOT_RUN}
-        row.update(_digits_cells(digits, key if p["sid_init"] == "no" else None, p["gan"]))
-        row.update(_toy_cells(toy_means[p["gan"]], key if p["sid_init"] == "no" else None))
+        row.update(_digits_cells(digits, key if p["sid_init"] == "no" else None, gan))
+        row.update(_toy_cells(toy_means[gan], key if p["sid_init"] == "no" else None))
         rows.append({**row, "paper source": p["source"]})
     extra = sorted((set(toy_means[toy_gan]) | {k for k, _ in cifar}) - seen)
     for key in extra:
         run = cifar.get((key, toy_gan))
-        rows.append({"divergence": label(key), "SiD init": "no", "GAN": toy_gan, "CIFAR-10 FID (paper)": NOT_IN_PAPER,
+        rows.append({"divergence": label(key), "SiD init": "no", "GAN": yes_no(toy_gan),
+                     "CIFAR-10 FID (paper)": NOT_IN_PAPER,
                      "CIFAR-10 FID (ours)": f"{run['min']:.2f}" if run else NOT_RUN,
                      **_digits_cells(digits, key, toy_gan),
                      **_toy_cells(toy_means[toy_gan], key), "paper source": ""})
@@ -77,7 +78,7 @@ def teacher_vs_student(results_dir: str | Path, toy: dict, digits: dict) -> pd.D
                      "best student": _model_name(mine["divergence"]) if mine else "Uni-Instruct", "student NFE": "1",
                      "student value": f"{mine['min']:.2f}" if mine else NOT_RUN})
     teacher = next(r for r in digits["rows"] if r["kind"] == "teacher")
-    settings: dict[tuple[str, str], list[dict]] = {}        # (divergence, GAN) -> its runs (seeds)
+    settings: dict[tuple[str, bool], list[dict]] = {}        # (divergence, GAN) -> its runs (seeds)
     for r in digits["rows"]:
         if r["kind"] == "uni-instruct" and r["status"] == "ok":
             settings.setdefault((r["divergence"], r["gan"]), []).append(r)
@@ -85,7 +86,7 @@ def teacher_vs_student(results_dir: str | Path, toy: dict, digits: dict) -> pd.D
     for key, metric, fmt in metrics + [("classifier_fd", _digits_fd_metric(teacher), ".2f")]:
         means = {s: sum(r[key] for r in runs) / len(runs) for s, runs in settings.items()}
         best = min(means, key=means.get) if means else None     # the best setting, by its mean over seeds
-        name = (_model_name(best[0], f"{'' if best[1] == 'yes' else 'no GAN, '}mean of {len(settings[best])} seeds")
+        name = (_model_name(best[0], f"{'' if best[1] else 'no GAN, '}mean of {len(settings[best])} seeds")
                 if best else "Uni-Instruct")
         teacher_value = format(teacher[key], fmt) + (_plus_minus(teacher["classifier_fd_half"], "draws")
                                                      if key == "classifier_fd" else "")
@@ -93,7 +94,7 @@ def teacher_vs_student(results_dir: str | Path, toy: dict, digits: dict) -> pd.D
             _plus_minus(tables.mean_interval([r[key] for r in settings[best]])[1], "seeds") if key == "classifier_fd"
             else "")
         rows.append({"tier": "digits (CPU)", "dataset": _digits_dataset(digits), "metric": metric, "source": "ours",
-                     "teacher": "EDM-style UNet, Heun", "teacher NFE": str(teacher["nfe"]),
+                     "teacher": "EDM DDPM++, Heun", "teacher NFE": str(teacher["nfe"]),
                      "teacher value": teacher_value, "best student": name,
                      "student NFE": "1", "student value": student_value})
     kind = toy["provenance"]["params"]["teacher"]      # the teacher the students were distilled from
@@ -127,7 +128,7 @@ def status_table(results_dir: str | Path, toy: dict, digits: dict) -> pd.DataFra
     hw = describe_hardware(digits["provenance"].get("hardware", {}))
     for r in digits["rows"]:
         if r["kind"] == "uni-instruct":
-            setting = f"seed {r['seed']}" + ("" if r["gan"] == "yes" else ", no GAN")
+            setting = f"seed {r['seed']}" + ("" if r["gan"] else ", no GAN")
             fid = r["fid"] is not None
             rows.append({"method": _model_name(r["divergence"], setting), "dataset": _digits_dataset(digits),
                          "metric": (f"FID ↓ ({r['fid_images']} images) / " if fid else "") + _digits_fd_metric(r),
