@@ -412,7 +412,10 @@ def test_compiled_passes_give_the_eager_results(data):
     generation) gives the eager run's gradients (1e-5 relative; measured 4e-7 at the first iteration) and logs to float
     round-off, with keyed dropout (an operator of the graph: no graph break, one graph per pass variant) and
     accumulation rounds; the networks keep their state-dict keys. Parameters are not compared: Adam turns the
-    round-off of near-zero gradients into steps of ±lr."""
+    round-off of near-zero gradients into steps of ±lr. So after the first update the logs come from parameters that
+    differ by that round-off, and a term near zero can differ by more than 1e-5 of itself: they are compared to 1e-5
+    relative or 1e-5 absolute (measured on one CPU: the generator term, -0.0129, differed by 6.3e-7 at the third
+    iteration, 4.8e-5 of itself)."""
     import torch._dynamo
 
     base = replace(TINY, warmup_fake_images=0, warmup_sim_images=0, divergence="jkl", iterations=3, batch_gpu=4)
@@ -422,8 +425,9 @@ def test_compiled_passes_give_the_eager_results(data):
     compiled = distiller(replace(base, compile="aot_eager"), data, label_dim=10, dropout=0.2)
     for iteration in range(3):
         logs_a, logs_b = eager.step()[0], compiled.step()[0]
-        assert all(logs_a[k] == (logs_b[k] if isinstance(logs_b[k], str) else pytest.approx(logs_b[k], rel=1e-5))
-                   for k in logs_a)
+        absolute = 1e-5 if iteration else 0.0            # the first update's logs: the same parameters
+        assert all(logs_a[k] == (logs_b[k] if isinstance(logs_b[k], str) else
+                                 pytest.approx(logs_b[k], rel=1e-5, abs=absolute)) for k in logs_a)
         if iteration == 0:
             for a, b in [(eager.fake, compiled.fake), (eager.G, compiled.G)]:
                 ga = torch.cat([p.grad.reshape(-1) for p in a.parameters() if p.grad is not None]).double()

@@ -16,7 +16,8 @@ from uniinstruct.networks import EDMPrecond, toy_denoiser
 from uniinstruct.pipelines.toy import MixtureDenoiser, data_std, real_sampler
 from uniinstruct.toy.problems import benchmark
 from uniinstruct.training import checkpoint
-from uniinstruct.training.distill import DistillConfig, Distiller, generator_sigma, schedule_summary
+from uniinstruct.training.distill import (DistillConfig, Distiller, generator_lr, generator_sigma,
+                                         schedule_summary)
 from conftest import run_cli
 
 TINY = DistillConfig(iterations=24, batch=32, warmup_fake_images=64, warmup_sim_images=128, checkpoint_every=8,
@@ -66,6 +67,7 @@ def flat(module) -> torch.Tensor:
     ("ratio_clip", [2.0, 1.0], "0 < lo < hi"),
     ("batch", 0, "must be > 0"),
     ("fake_steps", 0, "must be > 0"),
+    ("glr_decay", 1.5, r"must be in \[0, 1\] \(a fraction of the iterations\), got 1.5"),
 ])
 def test_config_errors_name_the_key(key, value, message):
     with pytest.raises(ConfigError, match=rf"distill\.{key}: .*{message}"):
@@ -110,6 +112,34 @@ def test_resume_in_process_equals_uninterrupted(tmp_path):
     for name in ("G", "G_ema", "fake"):
         assert torch.equal(flat(getattr(full, name)), flat(getattr(resumed, name))), name
     assert full.history == resumed.history and full.rng.get_state().equal(resumed.rng.get_state())
+
+
+def test_the_generator_learning_rate_decays_linearly_over_the_last_iterations_and_resumes_exactly(tmp_path):
+    """glr_decay 0.25 of 24 iterations: the rate is glr for 18 updates, then glr·6/6 … glr·1/6 (by hand); the
+    optimiser steps with it (none in the fake-only warm-up); a run killed at iteration 13 resumes to the
+    uninterrupted one, which differs from the constant-rate run."""
+    cfg = replace(TINY, glr_decay=0.25)
+    assert [generator_lr(i, cfg) for i in range(24)] == pytest.approx(
+        [cfg.glr] * 18 + [cfg.glr * k / 6 for k in (6, 5, 4, 3, 2, 1)], rel=1e-15)
+    assert {generator_lr(i, TINY) for i in range(24)} == {TINY.glr}         # 0 (the released code): constant
+    full = distiller(cfg)
+    seen = []
+    for _ in range(cfg.iterations):
+        full.step()
+        seen.append(full.opt_g.param_groups[0]["lr"])
+    assert seen == pytest.approx([generator_lr(i, cfg) for i in range(24)], rel=1e-15)
+    constant = distiller(TINY)
+    constant.train(tmp_path / "constant", progress=False)
+    assert not torch.equal(flat(full.G_ema), flat(constant.G_ema))
+    part = distiller(cfg)                          # killed after iteration 13: iterations (the schedule) unchanged
+    for _ in range(13):
+        part.step()
+    checkpoint.save_atomic(part.state_dicts()[0], tmp_path / "part" / "checkpoint.pt")
+    resumed = distiller(cfg)
+    resumed.train(tmp_path / "part", progress=False)
+    assert resumed.resumed_from == 13
+    for name in ("G", "G_ema", "fake"):
+        assert torch.equal(flat(getattr(full, name)), flat(getattr(resumed, name))), name
 
 
 def test_several_fake_steps_per_generator_step_resume_exactly(tmp_path):

@@ -78,3 +78,39 @@ def test_both_tiers_describe_a_run_with_the_same_fields_and_a_boolean_gan(tmp_pa
                       "seed": 3, "nfe": 1}
     assert {k: digits_row[k] for k in shared} == {k: toy_row[k] for k in shared} == shared
     assert teacher["gan"] is False and describe_run({**config, "use_gan": True})["gan"] is True
+
+
+def test_reference_rows_share_the_run_fields_with_none_set_and_the_status_reads_the_same_in_both_tiers(tmp_path):
+    """The floor, the teachers and the ceiling carry the run describer's fields, empty (kinds.describe_reference);
+    a student kind or an unknown kind is refused with the valid ones; a diverged run's status is worded once
+    (kinds.run_status), digits adding where its samples come from."""
+    from uniinstruct.kinds import describe_reference, describe_run, run_status
+    from uniinstruct.pipelines import toy
+    from uniinstruct.pipelines.digits_evaluate import sample_sets
+
+    floor = describe_reference("data", nfe=0)
+    assert floor == {"kind": "data", "method": "", "divergence": "", "estimator": "", "gan": False, "seed": -1,
+                     "nfe": 0}
+    assert set(floor) == set(describe_run({"method": "", "divergence": "fkl", "estimator": "exact",
+                                           "use_gan": True, "seed": 0}))
+    assert describe_reference("ceiling", nfe=1, seed=2)["seed"] == 2
+    for bad in ("uni-instruct", "teacher (learned)"):
+        with pytest.raises(ValueError, match=r"is not a reference kind; valid: data, teacher, ceiling$"):
+            describe_reference(bad, nfe=1)
+
+    diverged = {"status": "diverged", "diverged_at": 1234}
+    assert run_status({"status": "ok"}) == "ok" and run_status(diverged) == "diverged at iteration 1234"
+    config = {"method": "", "divergence": "jkl", "estimator": "exact", "ratio": "logit", "seed": 3, "use_gan": True}
+    assert toy._describe_run({"config": config, "network": "64×3", "provenance": {}, **diverged})["status"] == \
+        "diverged at iteration 1234"
+    ceiling = toy._describe_run({"kind": "ceiling", "iterations": 3000, "network": "64×3", "seed": 1, "status": "ok"})
+    assert {k: ceiling[k] for k in floor} == {**describe_reference("ceiling", nfe=1, seed=1)}
+    (tmp_path / "samples").mkdir()
+    (tmp_path / "samples" / "samples.json").write_text(json.dumps({"sets": [
+        {"name": "teacher-heun", "nfe": 35}, {"name": "ui-jkl-exact-s3", "nfe": 1, "iteration": 1200}]}))
+    (tmp_path / "runs" / "ui-jkl-exact-s3").mkdir(parents=True)
+    (tmp_path / "runs" / "ui-jkl-exact-s3" / "run.json").write_text(json.dumps(
+        {"config": config, "provenance": {}, **diverged}))
+    teacher, run = [info for _, _, info in sample_sets(tmp_path / "samples", tmp_path / "runs")]
+    assert teacher == {**describe_reference("teacher", 35), "status": "ok"}
+    assert run["status"] == "diverged at iteration 1234 (sampled at 1200)"

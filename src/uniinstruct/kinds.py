@@ -34,6 +34,20 @@ def describe_run(config: Mapping) -> dict:
             "seed": config["seed"], "nfe": 1}
 
 
+def describe_reference(kind: str, nfe: int, seed: int = -1) -> dict:
+    """The same fields for a row that is not a distillation run (the real-data floor, a teacher, the capacity
+    ceiling): no method, divergence or estimator, no GAN term; ``seed`` -1 when the row has none."""
+    if kind in STUDENT_KINDS or kind not in ROW_KINDS:
+        raise ValueError(f"{kind!r} is not a reference kind; valid: "
+                         f"{', '.join(k for k in ROW_KINDS if k not in STUDENT_KINDS)}")
+    return {"kind": kind, "method": "", "divergence": "", "estimator": "", "gan": False, "seed": seed, "nfe": nfe}
+
+
+def run_status(info: Mapping) -> str:
+    """A run's status as its metrics row shows it, from its ``run.json``: ``ok`` or ``diverged at iteration N``."""
+    return "ok" if info["status"] == "ok" else f"diverged at iteration {info['diverged_at']}"
+
+
 def kind_label(row: Mapping) -> str:
     """A row's kind with its detail, as the tables show it: ``teacher (learned)``, ``ceiling (3000 regression
     steps)``; the other kinds (and a teacher without a ``teacher`` field) as they are."""

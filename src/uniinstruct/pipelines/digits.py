@@ -1,7 +1,7 @@
 """The image tier on CPU (``digits`` by default): teacher, classifier, distill, sample, evaluate.
 
-* teacher: EDM's DDPM++ (the paper tier's CIFAR-10 network, at 8×8 and a few channels) trained with EDM's loss on the whole data set, saved as a plain
-  state_dict plus JSON config;
+* teacher: EDM's DDPM++ (the paper tier's CIFAR-10 network, at 8×8 and a few channels) trained with EDM's loss on
+  the whole data set, saved as a plain state_dict plus JSON config;
 * classifier: a small classifier of the data set's classes, for a fast Fréchet distance (reports test accuracy);
 * distill: Uni-Instruct with the generator and the fake score initialised from the teacher, the generator
   evaluated at σ_init, the fake score's encoder shared with the discriminator, which sees real images;

@@ -48,14 +48,14 @@ def sample_sets(samples_dir: Path, runs_dir: Path) -> list[tuple[str, Path, dict
     """(name, samples.pt, description) of the teacher's Heun samples and of every run's one-step samples."""
     index = {s["name"]: s for s in json.loads((samples_dir / "samples.json").read_text())["sets"]}
     sets = [("teacher-heun", samples_dir / "teacher-heun.pt",
-             {"kind": "teacher", "method": "", "divergence": "", "estimator": "", "gan": False, "seed": -1,
-              "nfe": index["teacher-heun"]["nfe"], "status": "ok"})]
+             {**kinds.describe_reference("teacher", index["teacher-heun"]["nfe"]), "status": "ok"})]
     for folder in sorted(p for p in runs_dir.iterdir() if p.is_dir()) if runs_dir.is_dir() else []:
         if folder.name not in index:
             raise FileNotFoundError(f"no samples of {folder.name} in {samples_dir}: run the sample stage first")
         run = provenance.read_json(folder / "run.json")
-        status = "ok" if run["status"] == "ok" else \
-            f"diverged at iteration {run['diverged_at']} (sampled at {index[folder.name]['iteration']})"
+        status = kinds.run_status(run)
+        if status != "ok":
+            status += f" (sampled at {index[folder.name]['iteration']})"
         sets.append((folder.name, samples_dir / f"{folder.name}.pt",
                      {**kinds.describe_run(run["config"]), "status": status}))
     return sets
@@ -83,8 +83,7 @@ def evaluate_stage(cfg: DigitsConfig, params: dict, classifier_dir: Path, runs_d
     real_clf = classifier_features(clf, data.images)
     subsets = [perm] + [torch.randperm(len(data.images), generator=torch.Generator().manual_seed(d))
                         for d in range(1, cfg.draws)]       # the floor's draws; the first one past the FID images
-    floor = ("real-subset", None, {"kind": "data", "method": "", "divergence": "", "estimator": "", "gan": False,
-                                   "seed": -1, "nfe": 0, "status": "ok"})
+    floor = ("real-subset", None, {**kinds.describe_reference("data", nfe=0), "status": "ok"})
     rows, curves = [], []
     sets = sample_sets(samples_dir, runs_dir)
     xs = [torch.cat([data.images[p[n_fid:n_fid + cfg.n_samples]] for p in subsets]) if path is None else

@@ -453,16 +453,15 @@ def evaluate_stage(cfg: ToyConfig, params: dict, runs_dir: Path, teacher_dir: Pa
 
 def _describe_teacher(cfg: ToyConfig, info: dict, teacher: str) -> dict:
     """A metrics row's description of a teacher's Heun samples (``teacher``: one of :data:`TEACHERS`)."""
-    return {"kind": "teacher", "teacher": teacher, "network": network(cfg) if teacher == "learned" else "exact",
-            "divergence": "", "estimator": "", "method": "", "ratio": "", "seed": -1, "nfe": info["nfe"],
-            "status": "ok", "gan": False}
+    return {**kinds.describe_reference("teacher", info["nfe"]), "teacher": teacher,
+            "network": network(cfg) if teacher == "learned" else "exact", "ratio": "", "status": "ok"}
 
 
 def _describe_run(info: dict) -> dict:
     """A metrics row's description of a run (its ``run.json``): a ceiling fit or a distillation (:mod:`kinds`)."""
     if info.get("kind") == "ceiling":
-        return {"kind": "ceiling", "regression_steps": info["iterations"], "network": info["network"],
-                "divergence": "", "estimator": "", "method": "", "ratio": "", "seed": info["seed"], "nfe": 1,
-                "status": info["status"], "gan": False}
+        return {**kinds.describe_reference("ceiling", nfe=1, seed=info["seed"]),
+                "regression_steps": info["iterations"], "network": info["network"], "ratio": "",
+                "status": kinds.run_status(info)}
     return {**kinds.describe_run(info["config"]), "network": info["network"], "ratio": info["config"]["ratio"],
-            "status": info["status"] if info["status"] == "ok" else f"diverged at iteration {info['diverged_at']}"}
+            "status": kinds.run_status(info)}

@@ -21,6 +21,11 @@ def number(value) -> float | None:
     return None if value is None or np.isnan(value) else float(value)
 
 
+def _gan_cell(kind: str, gan: bool) -> str:
+    """The GAN column of a row: yes/no for a student, empty for a reference row (the teacher, the floor)."""
+    return yes_no(gan) if kind in kinds.STUDENT_KINDS else ""
+
+
 def _setting_name(kind: str, method: str, divergence: str) -> str:
     """The summary's name of a setting: a prior method by its ``method`` field (:mod:`kinds`)."""
     return {"data": "real images (floor)", "teacher": "teacher", "method": method,
@@ -49,7 +54,7 @@ def summary_table(frame: pd.DataFrame) -> pd.DataFrame:
         mean, half = tables.mean_interval(scores)
         vs = _minus(scores, teacher_scores) if kind in kinds.STUDENT_KINDS and teacher_scores else ""
         rows.append({"kind": kind, "model": _setting_name(kind, method, divergence), "estimator": estimator,
-                     "GAN": yes_no(gan) if kind in kinds.STUDENT_KINDS else "",
+                     "GAN": _gan_cell(kind, gan),
                      "NFE": int(group.nfe.iloc[0]), "seeds": len(group),
                      "classifier FD": tables.format_interval(scores), "interval over": over, "mean": mean,
                      "95% half-width": "" if np.isnan(half) else half, "best": float(group.classifier_fd.min()),
@@ -79,7 +84,7 @@ def run_table(frame: pd.DataFrame) -> pd.DataFrame:
     out.columns = ["run", "divergence", "estimator", "GAN", "seed", "NFE", "status", "FID", "FID images",
                    "classifier FD (mean of draws)", "95% half-width (draws)", "draws", "cFD images per draw",
                    "rarest class ratio", "confidence"]
-    out["GAN"] = [yes_no(gan) if kind in kinds.STUDENT_KINDS else "" for kind, gan in zip(frame.kind, frame.gan)]
+    out["GAN"] = [_gan_cell(kind, gan) for kind, gan in zip(frame.kind, frame.gan)]
     teacher = frame[frame.kind == "teacher"]
     out.insert(out.columns.get_loc("95% half-width (draws)") + 1, "minus teacher (95%, draws)",
                [_minus(draws, teacher.classifier_fd_draws.iloc[0]) if kind in kinds.STUDENT_KINDS and len(teacher)

@@ -91,6 +91,9 @@ class DistillConfig:
     fake_steps: int = 1                # fake-score (and discriminator) updates per generator update (released: 1)
     lr: float = 1e-3                   # fake score learning rate
     glr: float = 1e-3                  # generator learning rate
+    glr_decay: float = 0.0             # the last fraction of the iterations over which the generator's learning rate
+                                       # falls linearly to 0 (a function of the iteration: resume stays exact);
+                                       # 0 = constant, as the released code
     betas: list[float] = field(default_factory=lambda: [0.0, 0.999])   # Adam betas (both optimisers)
     adam_eps: float = 1e-8
     grad_clip: float = 1.0             # clip-by-value of the fake score's gradients when the head is fitted
@@ -116,6 +119,8 @@ class DistillConfig:
                             grad_clip=self.grad_clip, ratio_n_dims=self.ratio_n_dims, fake_steps=self.fake_steps)
         if not self.sigma_min < self.sigma_max:
             problems.append(("sigma_max", f"must be > sigma_min ({self.sigma_min}), got {self.sigma_max}"))
+        if not 0 <= self.glr_decay <= 1:
+            problems.append(("glr_decay", f"must be in [0, 1] (a fraction of the iterations), got {self.glr_decay}"))
         if not self.tmax <= 1000:
             problems.append(("tmax", f"must be in (0, 1000] (t ~ U[0, tmax/1000] on the EDM schedule), "
                                      f"got {self.tmax}"))
@@ -191,6 +196,14 @@ def method_of(cfg: DistillConfig) -> methods.Method:
 def generator_sigma(t: Tensor, cfg: DistillConfig) -> Tensor:
     """EDM's ρ-schedule at t ∈ [0, 1] (t = 0 → σ_min, t = 1 → σ_max), as the released code draws generator noise."""
     return rho_schedule(1 - t, cfg.sigma_min, cfg.sigma_max, cfg.rho)
+
+
+def generator_lr(iteration: int, cfg: DistillConfig) -> float:
+    """The generator's learning rate at the update of ``iteration`` (0-based): ``glr``, falling linearly over the
+    last ``glr_decay`` of the iterations so that the update after the last one would have rate 0."""
+    decay = cfg.glr_decay * cfg.iterations
+    remaining = cfg.iterations - iteration
+    return cfg.glr if remaining >= decay else cfg.glr * remaining / decay
 
 
 def check_members(members: list[DistillConfig]) -> None:
@@ -450,6 +463,8 @@ class Distiller:
         # parameters of several runs are stacked along their first dimension)
         count = len(self.members)
         self._guard(sum(g.reshape(count, -1).pow(2).sum(1) for g in grads).sqrt(), "generator gradient norm")
+        for group in self.opt_g.param_groups:
+            group["lr"] = generator_lr(self.iteration, cfg)
         self.opt_g.step()
         return logs
 
