@@ -121,7 +121,7 @@ def test_the_generator_learning_rate_decays_linearly_over_the_last_iterations_an
     cfg = replace(TINY, glr_decay=0.25)
     assert [generator_lr(i, cfg) for i in range(24)] == pytest.approx(
         [cfg.glr] * 18 + [cfg.glr * k / 6 for k in (6, 5, 4, 3, 2, 1)], rel=1e-15)
-    assert {generator_lr(i, TINY) for i in range(24)} == {TINY.glr}         # 0 (the released code): constant
+    assert {generator_lr(i, TINY) for i in range(24)} == {TINY.glr}         # 0: constant
     full = distiller(cfg)
     seen = []
     for _ in range(cfg.iterations):

@@ -101,6 +101,7 @@ SHARED = dict(divergence="jkl", estimator="exact", method="", ratio="logit", rat
               sigma_min=0.002, sigma_max=80.0, rho=7.0, p_mean=-1.2, p_std=1.2,   # §8: EDM's values
               ls=1.0, lsd=1.0, lsg=100.0, lsg_gan=0.01,                 # §8: 1 / 1 / 100 / 0.01
               fake_steps=1,                                             # §5: the released loop alternates 1 : 1
+              glr_decay=0.0,                                            # no decay (§8 lists no lr schedule)
               betas=[0.0, 0.999],                                       # §8: (0, 0.999) both
               grad_clip=1.0, ema_rampup=0.05,                           # §8 (and §5: clip_grad_value_ 1)
               seed=0, log_every=40, device="cuda",

@@ -93,7 +93,7 @@ class DistillConfig:
     glr: float = 1e-3                  # generator learning rate
     glr_decay: float = 0.0             # the last fraction of the iterations over which the generator's learning rate
                                        # falls linearly to 0 (a function of the iteration: resume stays exact);
-                                       # 0 = constant, as the released code
+                                       # 0 = constant (the digest lists no schedule for the released code)
     betas: list[float] = field(default_factory=lambda: [0.0, 0.999])   # Adam betas (both optimisers)
     adam_eps: float = 1e-8
     grad_clip: float = 1.0             # clip-by-value of the fake score's gradients when the head is fitted
