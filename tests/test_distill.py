@@ -309,6 +309,17 @@ def test_nan_guard_keeps_the_last_checkpoint(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]
 
 
+def test_a_failed_checkpoint_write_stops_the_run(tmp_path, monkeypatch):
+    """Checkpoints are written on a thread (``checkpoint.BackgroundWriter``): its failure must still stop training."""
+    def disk_full(path, write, mode="wb"):
+        raise OSError(28, "No space left on device", str(path))
+    monkeypatch.setattr(checkpoint, "write_atomic", disk_full)
+    d = distiller(replace(TINY, iterations=8, checkpoint_every=4))
+    with pytest.raises(OSError, match="No space left on device"):
+        d.train(tmp_path, progress=False)
+    assert d.iteration == 8 and not (tmp_path / "checkpoint.pt").exists()
+
+
 class NaNRatioOnThePath(torch.nn.Module):
     """A fake score whose logits are NaN in the generator's loss only (where the loop runs it in eval mode)."""
 

@@ -146,6 +146,27 @@ def test_a_killed_save_leaves_no_orphan_and_the_old_file(tmp_path):
     assert not orphan.exists() and torch.equal(checkpoint.load(path)["w"], torch.ones(3))
 
 
+def test_a_background_write_holds_the_state_at_submission_and_raises_its_error(tmp_path, monkeypatch):
+    """The writer copies the state before it returns: an update made while the thread writes is not in the file."""
+    writer, weights = checkpoint.BackgroundWriter(), torch.zeros(1000)
+    writer.submit([({"w": weights, "history": [{"loss": 1.0}]}, tmp_path / "a.pt")])
+    weights.add_(1.0)
+    writer.wait()
+    assert torch.equal(checkpoint.load(tmp_path / "a.pt")["w"], torch.zeros(1000))
+    with pytest.raises(FloatingPointError, match="refusing to checkpoint non-finite tensors: w"):
+        writer.submit([({"w": torch.tensor([float("nan")])}, tmp_path / "a.pt")])
+    assert torch.equal(checkpoint.load(tmp_path / "a.pt")["w"], torch.zeros(1000))
+
+    def disk_full(path, write, mode="wb"):
+        raise OSError(28, "No space left on device", str(path))
+    monkeypatch.setattr(checkpoint, "write_atomic", disk_full)
+    writer.submit([({"w": torch.ones(3)}, tmp_path / "a.pt")])      # returns: the error is the thread's
+    with pytest.raises(OSError, match="No space left on device"):
+        writer.wait()
+    writer.wait()                                                    # raised once, then cleared
+    assert torch.equal(checkpoint.load(tmp_path / "a.pt")["w"], torch.zeros(1000))
+
+
 def test_resume_past_the_iterations_is_refused(tmp_path, capsys, tiny_toy_params):
     """A finished run re-invoked with fewer iterations must not write a run.json that misstates its training."""
     where = ["--teacher-dir", tmp_path / "teacher", "--runs-dir", tmp_path / "runs", "--quiet"]

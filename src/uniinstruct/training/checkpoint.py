@@ -11,6 +11,7 @@ file, never silently wrong weights.
 from __future__ import annotations
 
 import pickle
+import threading
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -26,12 +27,65 @@ class CorruptFileError(ValueError):
 
 def save_atomic(state: Any, path: str | Path, finite: bool = True) -> Path:
     """torch.save ``state`` to ``path`` atomically; with ``finite``, refuses states with non-finite floating tensors."""
-    path = Path(path)
-    bad = [key for key, value in _tensors(state)
-           if value.is_floating_point() and not torch.all(torch.isfinite(value))] if finite else []
+    if finite:
+        _check_finite(state)
+    return write_atomic(Path(path), lambda fh: torch.save(state, fh))
+
+
+def _check_finite(state: Any) -> None:
+    bad = [key for key, value in _tensors(state) if value.is_floating_point() and not torch.all(torch.isfinite(value))]
     if bad:
         raise FloatingPointError(f"refusing to checkpoint non-finite tensors: {', '.join(bad[:5])}")
-    return write_atomic(path, lambda fh: torch.save(state, fh))
+
+
+class BackgroundWriter:
+    """Checkpoints written on a thread while training goes on (on a GPU the write is seconds of idle device time).
+
+    :meth:`submit` copies the states to host memory first, so the next update cannot change what is written, and
+    refuses non-finite tensors there and then; the copies are then saved with :func:`save_atomic` on one thread, one
+    submission at a time (a submission waits for the previous write). A failed write is raised by the next
+    :meth:`submit` or :meth:`wait`. A process killed mid-write leaves the previous checkpoint (the write is atomic).
+    """
+
+    def __init__(self):
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def submit(self, items: list[tuple[Any, Path]]) -> None:
+        """Write each ``(state, path)``; returns once the states are copied."""
+        self.wait()
+        host = [(_to_host(state), Path(path)) for state, path in items]
+        for state, _ in host:
+            _check_finite(state)
+        self._thread = threading.Thread(target=self._write, args=(host,), name="checkpoint-writer")
+        self._thread.start()
+
+    def _write(self, items: list[tuple[Any, Path]]) -> None:
+        try:
+            for state, path in items:
+                save_atomic(state, path, finite=False)
+        except BaseException as err:   # re-raised on the training thread by wait()
+            self._error = err
+
+    def wait(self, raise_error: bool = True) -> None:
+        """Block until the pending write is on disk; raise its error (unless ``raise_error`` is False)."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        error, self._error = self._error, None
+        if error is not None and raise_error:
+            raise error
+
+
+def _to_host(obj: Any) -> Any:
+    """A copy of a state whose tensors are detached CPU tensors of their own (plain containers kept)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {key: _to_host(value) for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_host(value) for value in obj)
+    return obj
 
 
 def load(path: str | Path) -> Any:

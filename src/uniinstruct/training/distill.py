@@ -617,8 +617,10 @@ class Distiller:
     def train(self, run_dirs: str | Path | list, progress: bool = True) -> list[list[dict]]:
         """Run to ``cfg.iterations``, each member checkpointing to ``<its run_dir>/checkpoint.pt`` and resuming from
         it when every member has one written by this code with these settings at the same iteration; otherwise the
-        checkpoints are replaced by a fresh start (with a note on stderr). Returns the members' histories. Under
-        torchrun an error in one process stops every process with it (``ddp.fail_together``)."""
+        checkpoints are replaced by a fresh start (with a note on stderr). Checkpoints are copied to host memory and
+        written on a thread (``checkpoint.BackgroundWriter``) while training goes on; the last one is on disk when
+        this returns or raises. Returns the members' histories. Under torchrun an error in one process stops every
+        process with it (``ddp.fail_together``)."""
         try:
             return self._train(run_dirs, progress)
         except Exception as err:
@@ -643,18 +645,23 @@ class Distiller:
         self.resumed_from = self.iteration
         bar = tqdm(total=self.cfg.iterations, initial=self.iteration, desc="distill",
                    disable=not (progress and ddp.is_main()))
-        while self.iteration < self.cfg.iterations:
-            logs = self.step()
-            if self.iteration % self.cfg.log_every == 0:
-                for history, member_logs in zip(self.histories, logs):
-                    history.append(member_logs)
-                bar.set_postfix({k: f"{v:.3g}" for k, v in logs[0].items() if isinstance(v, float)})
-            if self.iteration % self.cfg.checkpoint_every == 0 or self.iteration == self.cfg.iterations:
-                if ddp.is_main():
-                    for state, path in zip(self.state_dicts(), paths):
-                        checkpoint.save_atomic(state, path)
-                ddp.barrier()
-            bar.update(1)
+        writer = checkpoint.BackgroundWriter()
+        try:
+            while self.iteration < self.cfg.iterations:
+                logs = self.step()
+                if self.iteration % self.cfg.log_every == 0:
+                    for history, member_logs in zip(self.histories, logs):
+                        history.append(member_logs)
+                    bar.set_postfix({k: f"{v:.3g}" for k, v in logs[0].items() if isinstance(v, float)})
+                if self.iteration % self.cfg.checkpoint_every == 0 or self.iteration == self.cfg.iterations:
+                    if ddp.is_main():
+                        writer.submit(list(zip(self.state_dicts(), paths)))
+                    ddp.barrier()
+                bar.update(1)
+        except BaseException:
+            writer.wait(raise_error=False)   # the last checkpoint is complete (or intact) before the error leaves
+            raise
+        writer.wait()
         bar.close()
         return self.histories
 
