@@ -51,7 +51,7 @@ def fail(run_dir: str, rank: int, where: str) -> None:
             raise ValueError("the density ratio r = q/p must be positive and finite (injected)")
         d.generator_step = bad_step
     if ddp.world()[0] == rank and where == "save":
-        def full_disk(state, path):
+        def full_disk(state, path, finite=True):
             raise OSError(28, "No space left on device (injected)", str(path))
         checkpoint.save_atomic = full_disk
     try:

@@ -661,7 +661,9 @@ class Distiller:
         except BaseException:
             writer.wait(raise_error=False)   # the last checkpoint is complete (or intact) before the error leaves
             raise
-        writer.wait()
+        if ddp.is_main():
+            writer.wait()   # the last write's error must reach the other processes in the collective below
+        ddp.barrier()
         bar.close()
         return self.histories
 
