@@ -7,6 +7,7 @@ differences. Needs ``dvc repro digits_classifier`` first. Four runs of 2,500 ite
 cores; an interrupted call resumes its runs.
 
     python benchmarks/digits_ablation.py --divergences rkl fkl jkl --seeds 1 2 --out /tmp/digits-ablation
+    python benchmarks/digits_ablation.py --divergences rkl jkl fkl --seeds 1 2 --no-gan --out /tmp/digits-tuning
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--divergences", nargs="+", default=["rkl", "fkl", "jkl"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2])
+    parser.add_argument("--no-gan", nargs="*", default=None, metavar="DIVERGENCE",
+                        help="the divergences also trained without the GAN term (default: every one of "
+                             "--divergences; none when given bare)")
     parser.add_argument("--out", required=True, help="a folder for the runs, samples, tables and metrics")
     add_overrides_argument(parser, "iterations=500")
     parser.add_argument("--workers", type=int, default=2)
@@ -40,7 +44,9 @@ def main() -> None:
         cfg = load_section(DigitsConfig, "digits", args.params)
         distill = from_dict(DistillConfig, {**asdict(cfg.distill), **overrides}, "digits.distill")
         matrix = from_dict(DigitsMatrix, {"divergences": args.divergences, "estimators": ["exact"],
-                                          "seeds": args.seeds, "no_gan_divergences": args.divergences},
+                                          "seeds": args.seeds,
+                                          "no_gan_divergences": args.divergences if args.no_gan is None
+                                          else args.no_gan},
                            "digits.matrix")
     except ConfigError as err:
         parser.error(str(err))

@@ -1,4 +1,12 @@
-"""parallel.starmap: results in job order, the same from worker processes as in this process, one thread each."""
+"""parallel.starmap: results in job order, the same from worker processes as in this process, one thread each; the
+workers die with their parent."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -24,3 +32,38 @@ def test_workers_equal_one_process_and_keep_order():
 def test_bad_worker_count_is_refused():
     with pytest.raises(ValueError, match="workers must be ≥ 1"):
         parallel.starmap(seeded_draw, [(0, 1)], workers=0)
+
+
+def report_and_sleep(folder: str, job: int) -> None:
+    """A job that writes its worker's pid to ``folder`` and then outlives any test."""
+    Path(folder, f"{job}.pid").write_text(str(os.getpid()))
+    time.sleep(120)
+
+
+def running(pid: int) -> bool:
+    """Whether ``pid`` is a live process (a zombie waiting to be reaped counts as dead)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"     # "pid (name) state …"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's prctl")
+def test_workers_die_with_a_killed_parent(tmp_path):
+    script = (f"from uniinstruct import parallel; from test_parallel import report_and_sleep; "
+              f"parallel.starmap(report_and_sleep, [({str(tmp_path)!r}, 0), ({str(tmp_path)!r}, 1)], workers=2)")
+    parent = subprocess.Popen([sys.executable, "-c", script],
+                              env={**os.environ, "PYTHONPATH": str(Path(__file__).parent)})
+    deadline = time.monotonic() + 60
+    while len(list(tmp_path.glob("*.pid"))) < 2:
+        assert parent.poll() is None and time.monotonic() < deadline, "the workers never started"
+        time.sleep(0.1)
+    workers = [int(p.read_text()) for p in tmp_path.glob("*.pid")]
+    assert all(running(pid) for pid in workers)
+    parent.send_signal(signal.SIGKILL)          # no clean-up in the parent: only the kernel can stop the workers
+    parent.wait()
+    deadline = time.monotonic() + 10
+    while any(running(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(running(pid) for pid in workers), "workers outlived their killed parent"
