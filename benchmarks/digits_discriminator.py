@@ -14,7 +14,7 @@ real digits from as many samples (G_ema's with the real digits' labels, and the 
 the real digits' 17 grey levels are a give-away) and at σ = 0.1, and a logistic regression on the features of the
 classifier that scores the tier.
 
-    python benchmarks/digits_discriminator.py --runs runs/digits/ui-jkl-exact-s3 runs/digits/ui-jkl-exact-s4
+    python benchmarks/digits_discriminator.py --runs runs/digits/ui-rkl-exact-s3 runs/digits/ui-rkl-exact-s4
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ This script asks the same of the digits tier: it restores a run's final state in
 prints the head's ROC AUC for real digits against the generator's samples (both noised alike) at each σ of
 ``--sigmas``, every ``--every`` updates.
 
-    python benchmarks/digits_head_retrain.py --runs runs/digits/ui-jkl-exact-s3 --teacher-dir results/digits/teacher
+    python benchmarks/digits_head_retrain.py --runs runs/digits/ui-rkl-exact-s3 --teacher-dir results/digits/teacher
 """
 
 from __future__ import annotations
